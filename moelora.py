@@ -1,0 +1,554 @@
+"""
+LoRA and MoELoRA, written out: the core op, its dispatch to the CUDA kernel, the adapter layers, the
+router, the auxiliary losses, and the plumbing that puts adapters into a model and saves them.
+
+MoELoRA (Luo et al., 2024, arXiv 2402.12851) gives a frozen linear layer y = W x + b a set of E low-rank
+experts and a router. Per token the router picks the top-k experts, and the layer adds their gated sum:
+
+    p   = softmax(W_g x)                                  # (E,) router probabilities
+    g_e = p_e / sum_{j in top-k} p_j  for the top-k, else 0
+    y   = W x + b + scaling * sum_e g_e * B_e (A_e x)     # A_e: (r, d_in), B_e: (d_out, r)
+
+A balance loss keeps the router from sending every token to one expert, and a contrastive loss pushes
+the experts to learn distinct features. Plain LoRA (Hu et al., 2021, arXiv 2106.09685) is the case E = 1.
+
+Reading order: moelora_ref (the maths), the CUDA kernel section, moelora (dispatch), LoRALinear, Router,
+MoELoRALinear, the losses, then AdapterConfig / inject / state dicts / parameter counts.
+
+Try it:
+    python -c "import torch, moelora; print(moelora.MoELoRALinear(torch.nn.Linear(16, 16), 4, 2, 2, 4.0))"
+"""
+
+import fnmatch
+import math
+import re
+import warnings
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------------
+# The core op: one expert-gated low-rank matmul carries the whole adapter computation
+
+def moelora_ref(x, A, B, gates, scaling):
+    """The MoELoRA adapter output, in plain PyTorch (the reference every fast path is tested against).
+
+    Semantics: y[n] = scaling * sum_e gates[n, e] * B[e] @ (A[e] @ x[n])
+      x:     (N, d_in)        tokens
+      A:     (E, r, d_in)     the experts' down-projections
+      B:     (E, d_out, r)    the experts' up-projections
+      gates: (N, E)           per-token expert weights, zero where a token does not use an expert
+      scaling: float          alpha / r
+      returns y: (N, d_out), the adapter's contribution only (the caller adds the frozen W x + b)
+
+    All experts are computed for every token and the unused ones multiplied by zero: with E*r small
+    (<= ~256) one dense matmul is cheaper than gathering each expert's tokens.
+    """
+    E, r, d_in = A.shape
+    d_out = B.shape[1]
+    h = x @ A.reshape(E * r, d_in).T  # (N, E*r) every expert's down-projection at once
+    h = h * gates.repeat_interleave(r, dim=1)  # (N, E*r) weight expert e's r columns by gates[:, e]
+    B_cat = B.permute(1, 0, 2).reshape(d_out, E * r)  # (d_out, E*r), column e*r+j = B[e][:, j]
+    return scaling * (h @ B_cat.T)  # (N, d_out)
+
+
+def _check_op_inputs(x, A, B, gates, scaling):
+    """Shape, dtype and device checks shared by every implementation, with messages a user can act on."""
+    for name, t in (("x", x), ("A", A), ("B", B), ("gates", gates)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"moelora: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"moelora: {name} must be a floating-point tensor, got {t.dtype}")
+    if x.dim() != 2 or A.dim() != 3 or B.dim() != 3 or gates.dim() != 2:
+        raise ValueError(f"moelora: expected x (N, d_in), A (E, r, d_in), B (E, d_out, r), gates (N, E); got "
+                         f"x {tuple(x.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, gates {tuple(gates.shape)}")
+    (N, d_in), (E, r, d_in_A), (E_B, d_out, r_B) = x.shape, A.shape, B.shape
+    if d_in_A != d_in:
+        raise ValueError(f"moelora: A is (E, r, d_in) = {tuple(A.shape)} but x has d_in = {d_in}")
+    if (E_B, r_B) != (E, r):
+        raise ValueError(f"moelora: B is {tuple(B.shape)}, expected (E, d_out, r) with E = {E}, r = {r} from A")
+    if tuple(gates.shape) != (N, E):
+        raise ValueError(f"moelora: gates is {tuple(gates.shape)}, expected (N, E) = ({N}, {E})")
+    if not (x.dtype == A.dtype == B.dtype == gates.dtype):
+        raise TypeError(f"moelora: x, A, B and gates must share one dtype; got x {x.dtype}, A {A.dtype}, "
+                        f"B {B.dtype}, gates {gates.dtype}")
+    if not (x.device == A.device == B.device == gates.device):
+        raise ValueError(f"moelora: x, A, B and gates must be on one device; got x {x.device}, A {A.device}, "
+                         f"B {B.device}, gates {gates.device}")
+    if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
+        raise TypeError(f"moelora: scaling must be a Python number, got {type(scaling).__name__}")
+
+
+# === CUDA kernel (csrc/): begin ===
+# Until the kernel lands, these two names only say that it is not there.
+
+def load_kernel():
+    """The compiled extension (built on first use); RuntimeError with the reason when it cannot be had."""
+    raise RuntimeError("the MoELoRA CUDA kernel is not built yet (csrc/ is under construction)")
+
+
+def moelora_cuda(x, A, B, gates, scaling):
+    """moelora_ref's semantics and signature, computed by the CUDA kernel (differentiable)."""
+    load_kernel()
+    raise AssertionError("unreachable")
+
+# === CUDA kernel (csrc/): end ===
+
+
+_warned_fallback = False
+
+
+def moelora(x, A, B, gates, scaling, impl="auto"):
+    """The MoELoRA adapter output; same semantics and arguments as moelora_ref.
+
+    impl: "ref" the PyTorch reference; "cuda" the CUDA kernel (an error if it cannot be built or the
+    tensors are not on a GPU); "auto" the kernel for CUDA tensors when it builds, else the reference
+    (warning once if the kernel failed to build).
+    """
+    _check_op_inputs(x, A, B, gates, scaling)
+    if impl == "ref":
+        return moelora_ref(x, A, B, gates, scaling)
+    if impl == "cuda":
+        if not x.is_cuda:
+            raise ValueError(f"moelora: impl='cuda' needs CUDA tensors, got tensors on {x.device}")
+        return moelora_cuda(x, A, B, gates, scaling)
+    if impl == "auto":
+        if x.is_cuda and _kernel_loads():
+            return moelora_cuda(x, A, B, gates, scaling)
+        return moelora_ref(x, A, B, gates, scaling)
+    raise ValueError(f"moelora: impl must be 'auto', 'cuda' or 'ref', got {impl!r}")
+
+
+def _kernel_loads():
+    """Whether the kernel can be had; on the first failure, say why once and carry on with the reference."""
+    global _warned_fallback
+    try:
+        load_kernel()
+        return True
+    except RuntimeError as e:
+        if not _warned_fallback:
+            warnings.warn(f"moelora: CUDA kernel unavailable, using the PyTorch reference instead: {e}")
+            _warned_fallback = True
+        return False
+
+
+def _compute_dtype(x):
+    """The dtype the adapter maths runs in: autocast's when autocast is on, else the input's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+# ----------------------------------------------------------------------------------------------------
+# LoRA: one low-rank update beside a frozen linear layer
+
+class LoRALinear(nn.Module):
+    """y = base(x) + scaling * B (A dropout(x)), with base frozen. merge() folds B A into base.weight."""
+
+    def __init__(self, base, r, alpha, dropout=0.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not isinstance(r, int) or r <= 0:
+            raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
+        self.base = base
+        self.r = r
+        self.scaling = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **_like(base)))  # (r, d_in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **_like(base)))  # (d_out, r)
+        # A as loralib initialises it, B zero: the adapted layer starts equal to its base
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout)
+        self.merged = False
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged:
+            return y
+        dtype = _compute_dtype(x)
+        h = self.dropout(x).to(dtype) @ self.lora_A.to(dtype).T  # (..., r)
+        return y + self.scaling * (h @ self.lora_B.to(dtype).T)  # (..., d_out)
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold the update into the base weight, so inference costs what the base costs."""
+        if not self.merged:
+            self.base.weight += self.scaling * (self.lora_B @ self.lora_A)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.base.weight -= self.scaling * (self.lora_B @ self.lora_A)
+            self.merged = False
+
+    def extra_repr(self):
+        return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+def _like(linear):
+    return {"device": linear.weight.device, "dtype": linear.weight.dtype}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The router: which experts each token uses, and with what weight
+
+@dataclass
+class Routing:
+    """What a Router hands back: the gates the op needs, and what the losses and statistics need."""
+    gates: torch.Tensor  # (N, E) float32, zero outside the chosen experts
+    probs: torch.Tensor  # (N, E) float32, the full softmax over experts
+    chosen: torch.Tensor  # (N, E) bool, True where gates may be nonzero (the top-k)
+
+
+class Router(nn.Module):
+    """Top-k softmax router: p = softmax(W_g x) in float32, keep the k largest, renormalise them.
+
+    A new routing idea is a subclass overriding select(probs); see README, "How to add a routing idea".
+    """
+
+    def __init__(self, d_in, n_experts, top_k, jitter=0.0):
+        super().__init__()
+        if not isinstance(n_experts, int) or n_experts <= 0:
+            raise ValueError(f"n_experts must be a positive integer, got {n_experts!r}")
+        if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be an integer in [1, n_experts={n_experts}], got {top_k!r}")
+        self.n_experts = n_experts
+        self.top_k = top_k
+        self.jitter = jitter
+        self.weight = nn.Parameter(torch.empty(n_experts, d_in))  # (E, d_in), no bias
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x):
+        # routing decisions are fragile in low precision: the logits and softmax run in float32
+        x = x.float()
+        if self.training and self.jitter > 0:
+            # Switch Transformer's multiplicative input jitter, which explores other routings
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        with torch.autocast(x.device.type, enabled=False):
+            logits = x @ self.weight.float().T  # (N, E)
+        probs = F.softmax(logits, dim=-1)  # (N, E)
+        gates, chosen = self.select(probs)
+        return Routing(gates=gates, probs=probs, chosen=chosen)
+
+    def select(self, probs):
+        """probs (N, E) -> (gates (N, E), chosen (N, E) bool): keep the top-k, renormalised to sum to 1."""
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # (N, k)
+        chosen = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, top_i, True)  # (N, E)
+        gates = torch.zeros_like(probs).scatter(1, top_i, top_p / top_p.sum(-1, keepdim=True))  # (N, E)
+        return gates, chosen
+
+    def extra_repr(self):
+        return f"n_experts={self.n_experts}, top_k={self.top_k}, jitter={self.jitter}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# MoELoRA: E low-rank experts and a router beside a frozen linear layer
+
+class MoELoRALinear(nn.Module):
+    """y = base(x) + scaling * sum_e g_e(x) * B_e A_e dropout(x), with base frozen.
+
+    After each forward the layer keeps, for the training loss and for logging:
+      aux_losses: {"balance": scalar, "contrastive": scalar (training only, when enabled)}
+      routing_stats: {"load": (E,) fraction of (token, slot) pairs per expert, "entropy": scalar}
+    moelora.collect_aux(model) gathers them from every layer.
+    """
+
+    def __init__(self, base, n_experts, top_k, r, alpha, dropout=0.0, router_jitter=0.0,
+                 contrastive="expert", contrastive_tau=0.07, contrastive_tokens=256, impl="auto"):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"MoELoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not isinstance(r, int) or r <= 0:
+            raise ValueError(f"expert rank r must be a positive integer, got {r!r}")
+        if contrastive not in CONTRASTIVE_LOSSES and contrastive != "none":
+            raise ValueError(f"contrastive must be one of {sorted(CONTRASTIVE_LOSSES)} or 'none', got {contrastive!r}")
+        d_in, d_out = base.in_features, base.out_features
+        self.base = base
+        self.router = Router(d_in, n_experts, top_k, jitter=router_jitter)
+        self.n_experts, self.top_k, self.r = n_experts, top_k, r
+        self.scaling = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(n_experts, r, d_in, **_like(base)))  # (E, r, d_in)
+        self.lora_B = nn.Parameter(torch.zeros(n_experts, d_out, r, **_like(base)))  # (E, d_out, r)
+        for A_e in self.lora_A:  # each expert initialised as a LoRA A; B zero keeps the base intact
+            nn.init.kaiming_uniform_(A_e, a=math.sqrt(5))
+        self.router.to(base.weight.device)
+        self.dropout = nn.Dropout(dropout)
+        self.contrastive = contrastive
+        self.contrastive_tau = contrastive_tau
+        self.contrastive_tokens = contrastive_tokens
+        self.impl = impl
+        self.aux_losses = {}
+        self.routing_stats = {}
+
+    def forward(self, x):
+        y = self.base(x)
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (N, d_in), N = B*T
+        routing = self.router(x)
+        dtype = _compute_dtype(x)
+        xd = self.dropout(x).to(dtype)
+        A, B = self.lora_A.to(dtype), self.lora_B.to(dtype)
+        delta = moelora(xd, A, B, routing.gates.to(dtype), self.scaling, impl=self.impl)  # (N, d_out)
+        self._record(routing, xd, A, B)
+        return y + delta.view(*shape[:-1], -1)
+
+    def _record(self, routing, x, A, B):
+        """Keep this step's auxiliary losses and routing statistics on the layer."""
+        self.aux_losses = {"balance": balance_loss(routing.probs, routing.chosen)}
+        if self.training and self.contrastive != "none":
+            self.aux_losses["contrastive"] = CONTRASTIVE_LOSSES[self.contrastive](
+                x, A, B, routing.chosen, self.contrastive_tau, self.contrastive_tokens)
+        with torch.no_grad():
+            load = routing.chosen.float().mean(0) / self.top_k  # (E,) sums to 1
+            entropy = -(routing.probs * routing.probs.clamp(min=1e-9).log()).sum(-1).mean()
+        self.routing_stats = {"load": load, "entropy": entropy}
+
+    def extra_repr(self):
+        return (f"n_experts={self.n_experts}, top_k={self.top_k}, r={self.r}, scaling={self.scaling:g}, "
+                f"contrastive={self.contrastive!r}, impl={self.impl!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The auxiliary losses
+
+def balance_loss(probs, chosen):
+    """Switch/Mixtral load-balancing loss, E * sum_e f_e * P_e; 1 when routing is perfectly uniform.
+
+    f_e: fraction of (token, slot) pairs routed to expert e (counts, no gradient)
+    P_e: mean router probability of expert e (carries the gradient to the router)
+    probs (N, E), chosen (N, E) bool.
+    """
+    E = probs.shape[1]
+    f = chosen.float().sum(0) / chosen.float().sum()  # (E,)
+    P = probs.mean(0)  # (E,)
+    return E * (f * P).sum()
+
+
+def _subsample(n_tokens, n_keep, device):
+    """Indices of at most n_keep tokens, drawn at random (the contrastive losses use a subsample)."""
+    if n_tokens <= n_keep:
+        return torch.arange(n_tokens, device=device)
+    return torch.randperm(n_tokens, device=device)[:n_keep]
+
+
+def _expert_outputs(x, A, B):
+    """Every expert's unit-length output B_e A_e x for each token: (S, d_in) -> (S, E, d_out), float32."""
+    o = torch.einsum("erd,sd->ser", A.float(), x.float())  # (S, E, r)
+    o = torch.einsum("eor,ser->seo", B.float(), o)  # (S, E, d_out)
+    # at init B = 0, so o = 0: eps keeps the unit vectors (and their gradient) finite until B moves
+    return F.normalize(o, dim=-1, eps=1e-6)
+
+
+def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens):
+    """Supervised contrastive (InfoNCE) loss over expert outputs, labelled by expert.
+
+    On a random subsample of tokens, each chosen expert's unit-length output B_e A_e x is labelled e.
+    For every output, the outputs of the same expert (on other tokens) are positives and all others are
+    negatives; the loss is low when each expert's outputs point one way and other experts' elsewhere.
+    x (N, d_in), A (E, r, d_in), B (E, d_out, r), chosen (N, E) bool.
+    """
+    keep = _subsample(x.shape[0], n_tokens, x.device)
+    o = _expert_outputs(x[keep], A, B)  # (S, E, d_out)
+    mask = chosen[keep]  # (S, E)
+    z = o[mask]  # (M, d_out), M = S*k outputs
+    labels = mask.nonzero()[:, 1]  # (M,) expert of each output
+    sim = z @ z.T / tau  # (M, M)
+    self_pair = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_pair, float("-inf"))  # an output is not its own positive
+    positive = (labels[:, None] == labels[None, :]) & ~self_pair  # (M, M)
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (M, M)
+    has_pos = positive.any(1)
+    if not has_pos.any():  # e.g. a single token with distinct experts: nothing to contrast yet
+        return sim.new_zeros(())
+    # mean log-probability of the positives, for each anchor that has one
+    pos_log_prob = log_prob.masked_fill(~positive, 0.0).sum(1)[has_pos] / positive.sum(1)[has_pos]
+    return -pos_log_prob.mean()
+
+
+def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens):
+    """CoMoE's contrastive loss (arXiv 2505.17553, Eq. 12), per token.
+
+    Anchor: one activated expert's output (here the first chosen); positives: the token's other
+    activated experts; negatives: its inactivated experts.
+      L = -log( sum_P exp(q.p / tau) / (sum_{P+N} exp(q.z / tau) + 1e-3) )
+    Needs top_k >= 2 (a positive) and top_k < E (a negative); x, A, B, chosen as contrastive_loss_expert.
+    """
+    keep = _subsample(x.shape[0], n_tokens, x.device)
+    o = _expert_outputs(x[keep], A, B)  # (S, E, d_out)
+    mask = chosen[keep]  # (S, E)
+    anchor_idx = mask.float().argmax(1)  # (S,) first chosen expert of each token
+    q = o[torch.arange(len(o), device=o.device), anchor_idx]  # (S, d_out)
+    sim = torch.einsum("sd,sed->se", q, o) / tau  # (S, E)
+    positive = mask.clone()
+    positive[torch.arange(len(o), device=o.device), anchor_idx] = False  # the anchor is not its own positive
+    others = torch.ones_like(mask)
+    others[torch.arange(len(o), device=o.device), anchor_idx] = False  # P + N: every expert but the anchor
+    # exp(sim) <= exp(1 / tau), about 1.6e6 at tau = 0.07: safe in float32
+    numerator = (sim.exp() * positive).sum(1)  # (S,)
+    denominator = (sim.exp() * others).sum(1) + 1e-3  # (S,)
+    return -(numerator / denominator).clamp(min=1e-30).log().mean()
+
+
+CONTRASTIVE_LOSSES = {"expert": contrastive_loss_expert, "comoe": contrastive_loss_comoe}
+
+
+def collect_aux(model):
+    """Gather what every MoELoRA layer kept from the last forward.
+
+    Returns {"balance": mean over layers (scalar tensor, or None without MoELoRA layers),
+             "contrastive": mean over layers (or None when not computed),
+             "layers": {module name: {"load": (E,), "entropy": scalar}}}.
+    The training loss is L_lm + balance_coef * balance + contrastive_coef * contrastive.
+    """
+    balance, contrastive, layers = [], [], {}
+    for name, m in model.named_modules():
+        if isinstance(m, MoELoRALinear) and m.aux_losses:
+            balance.append(m.aux_losses["balance"])
+            if "contrastive" in m.aux_losses:
+                contrastive.append(m.aux_losses["contrastive"])
+            layers[name] = m.routing_stats
+    mean = lambda xs: torch.stack(xs).mean() if xs else None  # noqa: E731
+    return {"balance": mean(balance), "contrastive": mean(contrastive), "layers": layers}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Putting adapters into a model
+
+@dataclass
+class AdapterConfig:
+    kind: str = "moelora"  # "lora" | "moelora"
+    r: int = 4  # rank of the LoRA, or of one MoELoRA expert
+    alpha: float = 8.0  # scaling = alpha / r
+    dropout: float = 0.05
+    targets: tuple = ("attn.c_attn", "attn.c_proj")  # module-name patterns, see matches()
+    # MoELoRA only
+    n_experts: int = 8
+    top_k: int = 2
+    router_jitter: float = 0.0
+    contrastive: str = "expert"  # "expert" | "comoe" | "none"
+    contrastive_tau: float = 0.07
+    contrastive_tokens: int = 256  # tokens subsampled per layer for the contrastive loss
+    balance_coef: float = 0.01
+    contrastive_coef: float = 0.01
+    impl: str = "auto"  # "auto" | "cuda" | "ref", see moelora()
+
+    def __post_init__(self):
+        if self.kind not in ("lora", "moelora"):
+            raise ValueError(f"AdapterConfig.kind must be 'lora' or 'moelora', got {self.kind!r}")
+        if isinstance(self.targets, str):
+            self.targets = (self.targets,)
+        self.targets = tuple(self.targets)
+
+
+def matches(name, pattern):
+    """A module name matches a pattern written as a glob ('transformer.h.*.attn.c_attn') or as a suffix
+    of dotted parts ('attn.c_attn', 'c_fc'): 'c_proj' matches both attn.c_proj and mlp.c_proj."""
+    return fnmatch.fnmatchcase(name, pattern) or name == pattern or name.endswith("." + pattern)
+
+
+def inject(model, cfg):
+    """Replace every nn.Linear whose name matches one of cfg.targets by its adapted version, in place.
+
+    The base layers are kept (inside the adapters) and frozen; call mark_only_adapters_trainable(model)
+    to freeze the rest of the model too. Returns the model.
+    """
+    names = [n for n, m in model.named_modules() if any(matches(n, p) for p in cfg.targets)]
+    if not names:
+        raise ValueError(f"inject: no module name matches targets {list(cfg.targets)}; names look like "
+                         f"{[n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:4]}")
+    for name in names:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        base = getattr(parent, child_name)
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"inject: {name} matches targets {list(cfg.targets)} but is a "
+                             f"{type(base).__name__}, not an nn.Linear")
+        base.requires_grad_(False)
+        setattr(parent, child_name, _make_adapter(base, cfg))
+    return model
+
+
+def _make_adapter(base, cfg):
+    if cfg.kind == "lora":
+        return LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout)
+    return MoELoRALinear(base, cfg.n_experts, cfg.top_k, cfg.r, cfg.alpha, cfg.dropout,
+                         router_jitter=cfg.router_jitter, contrastive=cfg.contrastive,
+                         contrastive_tau=cfg.contrastive_tau, contrastive_tokens=cfg.contrastive_tokens,
+                         impl=cfg.impl)
+
+
+def is_adapter_param(name):
+    """Adapter parameters, by name: the experts' A and B and the router's weight."""
+    return re.search(r"(^|\.)(lora_A|lora_B|router\.weight)$", name) is not None
+
+
+def mark_only_adapters_trainable(model):
+    """requires_grad on adapter parameters only; everything of the base model is frozen."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_adapter_param(name))
+    return model
+
+
+def adapter_state_dict(model):
+    """Only the adapter parameters (a few MB at most), to save beside the name of their base model."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_adapter_param(k)}
+
+
+def load_adapter_state_dict(model, state_dict):
+    """Load adapter parameters into a model with the same adapters injected; every name and shape must match."""
+    ours = adapter_state_dict(model)
+    missing = sorted(set(ours) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(ours))
+    if missing or unexpected:
+        raise ValueError(f"adapter state dict does not fit this model (were the same adapters injected?): "
+                         f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
+                         f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
+    wrong = [f"{k}: saved {tuple(v.shape)}, model {tuple(ours[k].shape)}"
+             for k, v in state_dict.items() if v.shape != ours[k].shape]
+    if wrong:
+        raise ValueError("adapter state dict shapes do not fit this model: " + "; ".join(wrong[:6]))
+    model.load_state_dict(state_dict, strict=False)
+    return model
+
+
+def set_impl(model, impl):
+    """Switch every MoELoRA layer of the model to impl ("auto" | "cuda" | "ref")."""
+    for m in model.modules():
+        if isinstance(m, MoELoRALinear):
+            m.impl = impl
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Counting parameters, and MoELoRA at the same budget as LoRA
+
+def count_parameters(model):
+    """{"base", "adapter" (LoRA or experts' A and B), "router", "trainable"}: the router is reported apart,
+    so that equal-parameter comparisons show what it adds rather than hide it."""
+    counts = {"base": 0, "adapter": 0, "router": 0, "trainable": 0}
+    for name, p in model.named_parameters():
+        if name.endswith("router.weight"):
+            counts["router"] += p.numel()
+        elif is_adapter_param(name):
+            counts["adapter"] += p.numel()
+        else:
+            counts["base"] += p.numel()
+        counts["trainable"] += p.numel() if p.requires_grad else 0
+    return counts
+
+
+def equal_params_moelora(lora_cfg, n_experts, top_k):
+    """The MoELoRA config whose experts hold as many parameters as a LoRA of rank lora_cfg.r: E experts of
+    rank R / E. scaling (alpha / r) is kept, so alpha shrinks with r. The router's E * d_in parameters
+    come on top and are reported by count_parameters()."""
+    R = lora_cfg.r
+    if R % n_experts:
+        raise ValueError(f"a LoRA of rank {R} cannot be split into {n_experts} experts of equal rank")
+    r = R // n_experts
+    kw = {f.name: getattr(lora_cfg, f.name) for f in fields(AdapterConfig)}
+    kw.update(kind="moelora", r=r, alpha=lora_cfg.alpha * r / R, n_experts=n_experts, top_k=top_k)
+    return AdapterConfig(**kw)

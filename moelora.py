@@ -266,6 +266,8 @@ class MoELoRALinear(nn.Module):
             raise ValueError(f"expert rank r must be a positive integer, got {r!r}")
         if contrastive not in CONTRASTIVE_LOSSES and contrastive != "none":
             raise ValueError(f"contrastive must be one of {sorted(CONTRASTIVE_LOSSES)} or 'none', got {contrastive!r}")
+        if contrastive == "comoe" and top_k < 2:
+            raise ValueError("contrastive='comoe' contrasts a token's activated experts: it needs top_k >= 2")
         d_in, d_out = base.in_features, base.out_features
         self.base = base
         self.router = Router(d_in, n_experts, top_k, jitter=router_jitter)
@@ -372,25 +374,24 @@ def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens):
 def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens):
     """CoMoE's contrastive loss (arXiv 2505.17553, Eq. 12), per token.
 
-    Anchor: one activated expert's output (here the first chosen); positives: the token's other
-    activated experts; negatives: its inactivated experts.
+    Anchor: an activated expert's output q; positives P: the token's other activated experts; negatives
+    N: its inactivated experts.
       L = -log( sum_P exp(q.p / tau) / (sum_{P+N} exp(q.z / tau) + 1e-3) )
-    Needs top_k >= 2 (a positive) and top_k < E (a negative); x, A, B, chosen as contrastive_loss_expert.
+    Every activated expert takes the anchor's place in turn and the losses are averaged, which makes the
+    loss independent of the order of the experts. Needs top_k >= 2 (a positive) to be informative.
+    x, A, B, chosen as in contrastive_loss_expert.
     """
     keep = _subsample(x.shape[0], n_tokens, x.device)
     o = _expert_outputs(x[keep], A, B)  # (S, E, d_out)
     mask = chosen[keep]  # (S, E)
-    anchor_idx = mask.float().argmax(1)  # (S,) first chosen expert of each token
-    q = o[torch.arange(len(o), device=o.device), anchor_idx]  # (S, d_out)
-    sim = torch.einsum("sd,sed->se", q, o) / tau  # (S, E)
-    positive = mask.clone()
-    positive[torch.arange(len(o), device=o.device), anchor_idx] = False  # the anchor is not its own positive
-    others = torch.ones_like(mask)
-    others[torch.arange(len(o), device=o.device), anchor_idx] = False  # P + N: every expert but the anchor
-    # exp(sim) <= exp(1 / tau), about 1.6e6 at tau = 0.07: safe in float32
-    numerator = (sim.exp() * positive).sum(1)  # (S,)
-    denominator = (sim.exp() * others).sum(1) + 1e-3  # (S,)
-    return -(numerator / denominator).clamp(min=1e-30).log().mean()
+    sim = torch.einsum("sad,sbd->sab", o, o) / tau  # (S, E, E): anchor a against expert b
+    not_self = ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)  # (E, E)
+    positive = mask[:, None, :] & not_self  # (S, E, E): b activated, b != a
+    # exp(sim) <= exp(1 / tau), about 1.6e6 at tau = 0.07: no overflow in float32
+    numerator = (sim.exp() * positive).sum(-1)  # (S, E)
+    denominator = (sim.exp() * not_self).sum(-1) + 1e-3  # (S, E): P + N, every expert but the anchor
+    loss = -(numerator / denominator).clamp(min=1e-30).log()  # (S, E)
+    return loss[mask].mean()  # over (token, activated anchor) pairs
 
 
 CONTRASTIVE_LOSSES = {"expert": contrastive_loss_expert, "comoe": contrastive_loss_comoe}

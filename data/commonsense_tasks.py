@@ -1,0 +1,224 @@
+"""Generators for the five synthetic commonsense tasks, stand-ins for the paper's BoolQ, PIQA, ARC-Easy,
+ARC-Challenge and OpenBookQA. Each takes a random.Random and returns one item in the LLM-Adapters format, with
+LLM-Adapters' instruction wording for that data set and the output "the correct answer is <label>".
+
+What each one asks about the world of world.py:
+    syn_boolq   true or false, about a short passage given in "input" (the passage holds the answer)
+    syn_piqa    which of two solutions reaches a goal: the tool for a job, where to find an animal, what to
+                feed it
+    syn_arc_e   four-way, one fact: can it fly, where it lives, what it eats, its legs, its kind, what an
+                object is made of, which material has a property
+    syn_arc_c   four-way, two facts chained: which object floats (object -> material -> floats), which animal
+                lays eggs (animal -> kind -> trait), which lives in a cold place (animal -> home -> cold)
+    syn_obqa    four-way, one fact plus a step of reasoning: the one that cannot fly, the most or fewest legs,
+                more legs than a given animal, the material for a purpose
+
+Every item has exactly one right option (the wrong ones are drawn from the entities that lack the property),
+and the right option's position is uniform.
+"""
+
+from data import world
+from data.world import ANIMAL, FOODS, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIAL_PURPOSES
+from data.world import MATERIALS, OBJECTS, PEOPLE, PLACE_PROPERTIES, PLACES, with_article
+
+ANSWER = "the correct answer is {label}"
+
+
+def four_way(rng, question, right, wrong_pool):
+    """An ARC/OBQA item: the right option and three wrong ones from the pool, in a random order."""
+    options = [right] + rng.sample(sorted(wrong_pool), 3)
+    rng.shuffle(options)
+    label = f"answer{options.index(right) + 1}"
+    listed = "".join(f"Answer{i}: {option}\n\n" for i, option in enumerate(options, 1))
+    instruction = (f"Please choose the correct answer to the question: {question}\n\n{listed}"
+                   f"Answer format: answer1/answer2/answer3/answer4")
+    return {"instruction": instruction, "input": "", "output": ANSWER.format(label=label), "answer": label}
+
+
+def split_by(names, has):
+    """(the names for which has(name) is true, the others)."""
+    return [n for n in names if has(n)], [n for n in names if not has(n)]
+
+
+def which(rng, noun, phrase, names, has):
+    """'Which of these <noun> <phrase>?' with one that has it and three that do not."""
+    positives, negatives = split_by(names, has)
+    return four_way(rng, f"Which of these {noun} {phrase}?", rng.choice(positives), negatives)
+
+
+ANIMALS = list(ANIMAL)
+OBJECT_NAMES = [name for name, _, _ in OBJECTS]
+
+
+def with_three_without(names, has):
+    """Whether a property splits the names into at least one with it and three without."""
+    positives, negatives = split_by(names, has)
+    return len(positives) >= 1 and len(negatives) >= 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# syn_arc_e: one fact
+
+def syn_arc_e(rng):
+    form = rng.randrange(7)
+    if form == 0:
+        return which(rng, "animals", "can fly", ANIMALS, lambda n: ANIMAL[n]["flies"])
+    if form == 1:
+        name = rng.choice(ANIMALS)
+        home = ANIMAL[name]["home"]
+        return four_way(rng, f"Where does the {name} live?", f"the {home}",
+                        [f"the {p}" for p in PLACES if p != home])
+    if form == 2:
+        name = rng.choice(ANIMALS)
+        food = ANIMAL[name]["food"]
+        return four_way(rng, f"What does the {name} eat?", food, [f for f in FOODS if f != food])
+    if form == 3:
+        name = rng.choice(ANIMALS)
+        legs = ANIMAL[name]["legs"]
+        return four_way(rng, f"How many legs does the {name} have?", str(legs),
+                        [str(n) for n in (0, 2, 4, 6, 8) if n != legs])
+    if form == 4:
+        kind = rng.choice(list(KIND_PLURALS))
+        return which(rng, "animals", f"is {with_article(kind)}", ANIMALS, lambda n: ANIMAL[n]["kind"] == kind)
+    if form == 5:
+        name = rng.choice(OBJECT_NAMES)
+        material = world.OBJECT_MATERIAL[name]
+        return four_way(rng, f"What is {with_article(name)} made of?", material,
+                        [m for m in MATERIALS if m != material])
+    prop = rng.choice(list(MATERIAL_PROPERTIES))
+    return which(rng, "materials", MATERIAL_PROPERTIES[prop][0], list(MATERIALS),
+                 lambda m: world.material_has(m, prop))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# syn_arc_c: two facts chained
+
+def syn_arc_c(rng):
+    form = rng.randrange(3)
+    if form == 0:
+        prop = rng.choice(list(MATERIAL_PROPERTIES))
+        return which(rng, "objects", MATERIAL_PROPERTIES[prop][0], OBJECT_NAMES, lambda o: world.object_has(o, prop))
+    if form == 1:
+        trait = rng.choice(list(KIND_TRAITS))
+        return which(rng, "animals", KIND_TRAITS[trait][0], ANIMALS, lambda n: world.animal_has_trait(n, trait))
+    prop = rng.choice(list(PLACE_PROPERTIES))
+    return which(rng, "animals", PLACE_PROPERTIES[prop][1], ANIMALS, lambda n: world.animal_lives_where(n, prop))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# syn_obqa: one fact and a step of reasoning
+
+def syn_obqa(rng):
+    form = rng.randrange(5)
+    if form == 0:
+        return which(rng, "animals", "cannot fly", ANIMALS, lambda n: not ANIMAL[n]["flies"])
+    if form == 1:
+        # the one material without a property that the other three have
+        props = [p for p in MATERIAL_PROPERTIES
+                 if with_three_without(list(MATERIALS), lambda m: not world.material_has(m, p))]
+        prop = rng.choice(props)
+        return which(rng, "materials", MATERIAL_PROPERTIES[prop][1], list(MATERIALS),
+                     lambda m: not world.material_has(m, prop))
+    if form == 2:
+        most = rng.random() < 0.5
+        by_legs = {}
+        for name in rng.sample(ANIMALS, len(ANIMALS)):
+            by_legs.setdefault(ANIMAL[name]["legs"], name)
+        counts = rng.sample(sorted(by_legs), 4)
+        right_legs = max(counts) if most else min(counts)
+        wrong = [by_legs[c] for c in counts if c != right_legs]
+        question = f"Which of these animals has the {'most' if most else 'fewest'} legs?"
+        return four_way(rng, question, by_legs[right_legs], wrong)
+    if form == 3:
+        reference = rng.choice([n for n in ANIMALS if ANIMAL[n]["legs"] < 8])
+        legs = ANIMAL[reference]["legs"]
+        others = [n for n in ANIMALS if n != reference]
+        return which(rng, "animals", f"has more legs than the {reference}", others,
+                     lambda n: ANIMAL[n]["legs"] > legs)
+    name, he = rng.choice(PEOPLE)
+    props = [p for p in MATERIAL_PURPOSES if with_three_without(list(MATERIALS), lambda m: world.material_has(m, p))]
+    prop = rng.choice(props)
+    positives, negatives = split_by(list(MATERIALS), lambda m: world.material_has(m, prop))
+    question = f"{name} wants to {MATERIAL_PURPOSES[prop]}. Which material should {he} use?"
+    return four_way(rng, question, rng.choice(positives), negatives)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# syn_piqa: two solutions to a goal
+
+def syn_piqa(rng):
+    form = rng.randrange(3)
+    if form == 0:
+        name = rng.choice(OBJECT_NAMES)
+        other = rng.choice([o for o in OBJECT_NAMES if o != name])
+        goal = f"How do you {world.OBJECT_USE[name]}?"
+        right, wrong = f"Use {with_article(name)}.", f"Use {with_article(other)}."
+    elif form == 1:
+        name = rng.choice(ANIMALS)
+        home = ANIMAL[name]["home"]
+        other = rng.choice([p for p in PLACES if p != home])
+        goal = f"Where can you go to see {with_article(name)}?"
+        right, wrong = f"Go to the {home}.", f"Go to the {other}."
+    else:
+        name = rng.choice(ANIMALS)
+        food = ANIMAL[name]["food"]
+        other = rng.choice([f for f in FOODS if f != food])
+        goal = f"What should you feed {with_article(name)}?"
+        right, wrong = f"Give it {food}.", f"Give it {other}."
+    first = rng.random() < 0.5
+    solution1, solution2 = (right, wrong) if first else (wrong, right)
+    label = "solution1" if first else "solution2"
+    instruction = (f"Please choose the correct solution to the question: {goal}\n\n"
+                   f"Solution1: {solution1}\n\nSolution2: {solution2}\n\n"
+                   f"Answer format: solution1/solution2")
+    return {"instruction": instruction, "input": "", "output": ANSWER.format(label=label), "answer": label}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# syn_boolq: true or false about a passage
+
+def animal_claims(name):
+    """Sentences the passage can say about an animal, with the yes/no question each one answers, and a way
+    to make that question false."""
+    animal = ANIMAL[name]
+    legs_word = "no" if animal["legs"] == 0 else str(animal["legs"])
+    return {
+        "food": (f"The {name} eats {animal['food']}.", f"does the {name} eat {{}}", animal["food"], FOODS),
+        "legs": (f"It has {legs_word} legs.", f"does the {name} have {{}} legs", str(animal["legs"]),
+                 ["0", "2", "4", "6", "8"]),
+        "kind": (f"It is {with_article(animal['kind'])}.", f"is the {name} {{}}", with_article(animal["kind"]),
+                 [with_article(k) for k in KIND_PLURALS]),
+        "home": (f"It lives in the {animal['home']}.", f"does the {name} live in the {{}}", animal["home"],
+                 list(PLACES)),
+    }
+
+
+def syn_boolq(rng):
+    name = rng.choice(ANIMALS)
+    person = rng.choice(PEOPLE)[0]
+    claims = animal_claims(name)
+    asked = rng.choice(list(claims))
+    told = [asked] + rng.sample([c for c in claims if c != asked], rng.randint(1, 2))
+    rng.shuffle(told)
+    place = ANIMAL[name]["home"]
+    passage = " ".join([f"{person} went to the {place} and saw {with_article(name)}."] +
+                       [claims[c][0] for c in told])
+    _, question, true_value, values = claims[asked]
+    answer = rng.random() < 0.5
+    if answer:
+        question = question.format(true_value)
+    else:
+        question = question.format(rng.choice([v for v in values if v != true_value]))
+    label = "true" if answer else "false"
+    instruction = (f"Please answer the following question with true or false, question: {question}?\n\n"
+                   f"Answer format: true/false")
+    return {"instruction": instruction, "input": passage, "output": ANSWER.format(label=label), "answer": label}
+
+
+GENERATORS = {
+    "syn_boolq": syn_boolq,
+    "syn_piqa": syn_piqa,
+    "syn_arc_e": syn_arc_e,
+    "syn_arc_c": syn_arc_c,
+    "syn_obqa": syn_obqa,
+}

@@ -1,0 +1,196 @@
+"""Tokenizers, all of them tiktoken Encodings: GPT-2's own where tiktoken can load it, or a small byte-level
+BPE trained here on the project's own text (the offline default).
+
+Training (train_bpe) is the textbook algorithm, over a table of word counts rather than the text itself:
+    1. split the text into words with GPT-2's pattern (" cat", "'s", " 42", "\n"), count each distinct word;
+    2. start from the 256 single bytes; every word is a list of byte ids;
+    3. repeatedly take the most frequent adjacent pair of ids (summed over words, weighted by word count),
+       give the pair's concatenation a new id, and rewrite the words that hold it.
+Only the words holding the merged pair change, so the pair counts are updated for those words alone, and a
+heap finds the next most frequent pair. A corpus of a few MB has a few thousand distinct words, which makes
+the whole training a few seconds of pure Python.
+
+The tokens' order is their rank, which is all tiktoken needs: tiktoken encodes a word by repeatedly merging
+the adjacent pair whose concatenation has the lowest rank. The file format is tiktoken's (one token per line:
+base64 of its bytes, a space, its rank), beside a small JSON with the split pattern and the special tokens.
+
+Use:
+    enc = load_tokenizer("out/data")        # the data directory's tokenizer (or a .tiktoken file)
+    enc = get_encoding("gpt2")             # tiktoken's own GPT-2 encoding, if tiktoken can load it
+    ids = enc.encode_ordinary("The owl lives in the forest."); enc.decode(ids)
+"""
+
+import base64
+import heapq
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import regex  # installed with tiktoken, which needs it; the stdlib re module has no \p{L} classes
+import tiktoken
+
+# GPT-2's split pattern, as tiktoken writes it for gpt2/r50k_base.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+EOT = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.tiktoken"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+def count_words(texts, pattern=GPT2_PATTERN):
+    """How often each word (a piece of GPT-2's split) occurs in the texts, as {bytes: count}."""
+    split = regex.compile(pattern)
+    counts = Counter()
+    for text in texts:
+        counts.update(split.findall(text))
+    return {word.encode("utf-8"): count for word, count in counts.items()}
+
+
+def merge_pair(ids, pair, new_id):
+    """The ids with every occurrence of the pair (left to right) replaced by new_id."""
+    merged, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
+
+
+def train_bpe(word_counts, n_tokens):
+    """The BPE vocabulary, as a list of token bytes whose index is the token's rank: the 256 bytes, then one
+    token per merge, until there are n_tokens of them or no pair occurs twice.
+
+    The most frequent pair is merged first; ties go to the pair with the smaller ids (the heap's order), so
+    the result depends on nothing but the counts."""
+    vocab = [bytes([b]) for b in range(256)]
+    token_id = {token: i for i, token in enumerate(vocab)}
+    words = [list(word) for word in word_counts]  # each word as its byte ids
+    counts = list(word_counts.values())
+
+    pair_counts = Counter()
+    words_with = defaultdict(set)  # pair -> indices of the words that hold it (some may no longer)
+    for w, ids in enumerate(words):
+        for pair in zip(ids, ids[1:]):
+            pair_counts[pair] += counts[w]
+            words_with[pair].add(w)
+    # a max-heap by count through negated counts; entries go stale as counts change and are skipped then
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    while len(vocab) < n_tokens and heap:
+        negative_count, pair = heapq.heappop(heap)
+        if -negative_count != pair_counts.get(pair, 0):
+            continue
+        if -negative_count < 2:
+            break
+        merged = vocab[pair[0]] + vocab[pair[1]]
+        if merged not in token_id:  # two different pairs can spell the same bytes ("ab"+"c", "a"+"bc")
+            token_id[merged] = len(vocab)
+            vocab.append(merged)
+        changed = set()
+        for w in sorted(words_with.pop(pair)):
+            old, new = words[w], merge_pair(words[w], pair, token_id[merged])
+            if new == old:
+                continue
+            for p in zip(old, old[1:]):
+                pair_counts[p] -= counts[w]
+                changed.add(p)
+            for p in zip(new, new[1:]):
+                pair_counts[p] += counts[w]
+                words_with[p].add(w)
+                changed.add(p)
+            words[w] = new
+        for p in sorted(changed):
+            if pair_counts[p] > 0:
+                heapq.heappush(heap, (-pair_counts[p], p))
+            else:
+                del pair_counts[p]
+    return vocab
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files and Encodings
+
+def make_encoding(name, vocab, pattern=GPT2_PATTERN, special_tokens=None):
+    """A tiktoken Encoding from a vocabulary in rank order; <|endoftext|> comes right after it by default."""
+    if special_tokens is None:
+        special_tokens = {EOT: len(vocab)}
+    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks={token: rank for rank, token in enumerate(vocab)},
+                             special_tokens=special_tokens)
+
+
+def tiktoken_file_bytes(vocab):
+    """The vocabulary in tiktoken's file format: 'base64(token) rank' per line."""
+    return b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in enumerate(vocab))
+
+
+def tokenizer_json_bytes(name, vocab, pattern=GPT2_PATTERN):
+    """The side file load_tokenizer reads next to the .tiktoken file: name, split pattern, special tokens."""
+    info = {"name": name, "pat_str": pattern, "special_tokens": {EOT: len(vocab)}}
+    return (json.dumps(info, indent=2) + "\n").encode("utf-8")
+
+
+def read_tiktoken_file(path):
+    """{token bytes: rank} from a .tiktoken file.
+
+    Same format as tiktoken.load.load_tiktoken_bpe, but read directly: that function caches files under a key
+    made from their path, so a tokenizer rebuilt at the same path would load stale."""
+    ranks = {}
+    for number, line in enumerate(Path(path).read_bytes().splitlines(), 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as e:
+            raise ValueError(f"{path}: line {number} is not 'base64-token rank': {line[:80]!r}") from e
+    return ranks
+
+
+def load_tokenizer(path):
+    """The tokenizer of a data directory (its meta.json names it), or of a .tiktoken file.
+
+    Next to a file x.tiktoken, x.json (written by prepare) gives the name, split pattern and special tokens;
+    without one, the pattern is GPT-2's and <|endoftext|> follows the last token."""
+    path = Path(path)
+    if path.is_dir():
+        meta_path = path / "meta.json"
+        name = json.loads(meta_path.read_text())["tokenizer"] if meta_path.exists() else TOKENIZER_FILE
+        if not name.endswith(".tiktoken"):
+            return get_encoding(name)
+        path = path / name
+    ranks = read_tiktoken_file(path)
+    info_path = path.with_suffix(".json")
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    return tiktoken.Encoding(
+        info.get("name", path.stem),
+        pat_str=info.get("pat_str", GPT2_PATTERN),
+        mergeable_ranks=ranks,
+        special_tokens=info.get("special_tokens", {EOT: len(ranks)}),
+    )
+
+
+def get_encoding(name):
+    """tiktoken's encoding of that name ("gpt2", ...), or our tokenizer when name is a path.
+
+    tiktoken downloads an encoding's files on first use; offline that fails, and the error says how to bring
+    the files in through tiktoken's cache (TIKTOKEN_CACHE_DIR)."""
+    if Path(name).exists():
+        return load_tokenizer(name)
+    if name not in tiktoken.list_encoding_names():
+        raise ValueError(f"unknown encoding {name!r}: tiktoken knows {', '.join(tiktoken.list_encoding_names())}; "
+                         f"or give the path of a data directory or a .tiktoken file")
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:
+        raise RuntimeError(
+            f"tiktoken could not load the {name!r} encoding ({type(e).__name__}: {e}).\n"
+            f"tiktoken downloads it once and keeps it in its cache. On a machine with internet, run\n"
+            f"    TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; tiktoken.get_encoding('{name}')\"\n"
+            f"copy /path/to/cache to this machine and set TIKTOKEN_CACHE_DIR=/path/to/cache here.\n"
+            f"Offline, use the tokenizer trained on the bundled data instead: python -m data.prepare"
+        ) from e

@@ -1,0 +1,433 @@
+"""Tests of the data package: the LLM-Adapters format and scoring, the tokenizer, the generated suite and the
+files prepare writes. CPU only, a few seconds: one full default build and two small ones, each made once.
+
+    /work/venv/bin/python -m pytest tests/test_data.py -q
+"""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import tiktoken
+import tiktoken.load
+
+from data import corpus, tasks, tokenizer, world
+from data.llm_adapters import STAND_INS, is_correct, load_json, prompt
+from data.prepare import PrepareConfig, build_tokenizer, ensure, parse_args, prepare
+
+SMALL = 0.05  # scale of the small builds
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The default build (scale 1), made once: (directory, meta)."""
+    out = tmp_path_factory.mktemp("data")
+    return out, prepare(PrepareConfig(out=str(out)))
+
+
+@pytest.fixture(scope="session")
+def small_builds(tmp_path_factory):
+    """Two small builds with the same seed in different directories, and one with another seed."""
+    dirs = [tmp_path_factory.mktemp(name) for name in ("a", "b", "other_seed")]
+    for out, seed in zip(dirs, (1, 1, 2)):
+        prepare(PrepareConfig(out=str(out), seed=seed, scale=SMALL))
+    return dirs
+
+
+def file_bytes(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def read_items(directory, task, split):
+    return load_json(directory / "tasks" / task / f"{split}.json")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Determinism and files
+
+def test_same_seed_same_bytes(small_builds):
+    a, b, other = small_builds
+    files_a, files_b = file_bytes(a), file_bytes(b)
+    # meta, corpus, tokenizer and its json; 2 pretrain files; 8 finetune files; train and test of each task
+    assert len(files_a) == 4 + 2 + 8 + 2 * len(tasks.TASKS)
+    assert files_a == files_b
+    different = [name for name, data in file_bytes(other).items() if files_a[name] != data]
+    assert "corpus.txt" in different and "tasks/syn_gsm8k/test.json" in different
+
+
+def test_rerun_writes_nothing(small_builds, capsys):
+    a = small_builds[0]
+    before = {p: p.stat().st_mtime_ns for p in a.rglob("*") if p.is_file()}
+    prepare(PrepareConfig(out=str(a), seed=1, scale=SMALL))
+    assert "all unchanged" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in a.rglob("*") if p.is_file()}
+
+
+def test_ensure_reuses_a_matching_build(small_builds, monkeypatch):
+    a = small_builds[0]
+    monkeypatch.setattr("data.prepare.prepare", lambda config: pytest.fail("rebuilt a build that was there"))
+    meta = ensure(a, seed=1, scale=SMALL)
+    assert meta == json.loads((a / "meta.json").read_text())
+
+
+def test_meta_contract(built):
+    out, meta = built
+    assert meta["tasks"] == meta["math_tasks"] + meta["commonsense_tasks"] == tasks.TASKS
+    assert meta["math_tasks"] == ["syn_addsub", "syn_singleeq", "syn_multiarith", "syn_gsm8k", "syn_aqua", "syn_svamp"]
+    assert meta["commonsense_tasks"] == ["syn_boolq", "syn_piqa", "syn_arc_e", "syn_arc_c", "syn_obqa"]
+    enc = tokenizer.load_tokenizer(out)
+    assert meta["vocab_size"] == enc.n_vocab and meta["eot_token"] == enc.eot_token == enc.n_vocab - 1
+    assert meta["tokenizer"] == "tokenizer.tiktoken" and meta["train_on_inputs"] is False and meta["seed"] == 0
+    assert json.loads((out / "meta.json").read_text()) == meta
+
+
+def test_sizes_as_documented(built):
+    out, meta = built
+    # the documented defaults, at scale 1
+    assert meta["sizes"] == {task: {"train": 1000, "val": 50, "test": 150} for task in tasks.TASKS}
+    for task in tasks.TASKS:
+        assert len(read_items(out, task, "train")) == meta["sizes"][task]["train"]
+        assert len(read_items(out, task, "test")) == meta["sizes"][task]["test"]
+    for split, key in (("train", lambda s: s["train"] - s["val"]), ("val", lambda s: s["val"])):
+        idx = np.fromfile(out / f"finetune_{split}_idx.bin", dtype=np.int64)
+        task_of = np.fromfile(out / f"finetune_{split}_task.bin", dtype=np.uint8)
+        counts = np.bincount(task_of, minlength=len(tasks.TASKS))
+        assert counts.tolist() == [key(meta["sizes"][task]) for task in tasks.TASKS]
+        assert len(idx) == len(task_of) + 1
+
+
+def test_pretrain_files_hold_the_corpus(built):
+    out, meta = built
+    enc = tokenizer.load_tokenizer(out)
+    docs = (out / "corpus.txt").read_text().rstrip("\n").split("\n\n")
+    ids = np.concatenate([np.memmap(out / f"pretrain_{split}.bin", dtype=np.uint16, mode="r")
+                          for split in ("train", "val")])
+    assert ids[-1] == meta["eot_token"] and (ids == meta["eot_token"]).sum() == len(docs)
+    decoded = enc.decode(ids.tolist()).split(tokenizer.EOT)[:-1]
+    assert decoded == docs
+
+
+def test_finetune_files_and_loss_mask(built):
+    """Each example is prompt + output + eot, and the mask marks exactly output + eot."""
+    out, meta = built
+    enc = tokenizer.load_tokenizer(out)
+    for split in ("train", "val"):
+        tokens = np.memmap(out / f"finetune_{split}.bin", dtype=np.uint16, mode="r")
+        mask = np.memmap(out / f"finetune_{split}_mask.bin", dtype=np.uint8, mode="r")
+        idx = np.fromfile(out / f"finetune_{split}_idx.bin", dtype=np.int64)
+        task_of = np.fromfile(out / f"finetune_{split}_task.bin", dtype=np.uint8)
+        assert len(tokens) == len(mask) == idx[-1] and idx[0] == 0 and np.all(np.diff(idx) > 0)
+        expected = {}
+        for t, task in enumerate(meta["tasks"]):
+            items = read_items(out, task, "train")
+            n_val = meta["sizes"][task]["val"]
+            for item in (items[:-n_val] if split == "train" else items[-n_val:]):
+                expected[(t, prompt(item["instruction"], item["input"]), item["output"] + tokenizer.EOT)] = True
+        seen = []
+        for i in range(len(idx) - 1):
+            ids, m = tokens[idx[i]:idx[i + 1]], mask[idx[i]:idx[i + 1]]
+            n_prompt = int((m == 0).sum())
+            # the mask is 0...0 1...1: the prompt, then the response
+            assert m[:n_prompt].sum() == 0 and m[n_prompt:].all()
+            seen.append((int(task_of[i]), enc.decode(ids[:n_prompt].tolist()), enc.decode(ids[n_prompt:].tolist())))
+        assert sorted(seen) == sorted(expected)
+    # shuffled across tasks: the first examples are not all one task
+    assert len(set(np.fromfile(out / "finetune_train_task.bin", dtype=np.uint8)[:50].tolist())) > 5
+
+
+def test_train_on_inputs_masks_everything(tmp_path):
+    meta = prepare(PrepareConfig(out=str(tmp_path), seed=1, scale=SMALL, train_on_inputs=True))
+    assert meta["train_on_inputs"] is True
+    for split in ("train", "val"):
+        assert np.fromfile(tmp_path / f"finetune_{split}_mask.bin", dtype=np.uint8).all()
+
+
+def test_parse_args():
+    config = parse_args(["--out=x", "--seed=3", "--train_on_inputs=1", "--scale=0.5", "--tokenizer=gpt2"])
+    assert config == PrepareConfig(out="x", seed=3, train_on_inputs=True, scale=0.5, tokenizer="gpt2")
+    assert parse_args(["--train_on_inputs=false"]).train_on_inputs is False
+    for bad in (["--sead=3"], ["seed=3"], ["--seed"], ["--seed=three"], ["--train_on_inputs=yes"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The suite
+
+@pytest.fixture(scope="module")
+def suite():
+    return tasks.make_tasks(seed=0)
+
+
+def test_train_and_test_disjoint(built):
+    out, _ = built
+    for task in tasks.TASKS:
+        train = {(i["instruction"], i["input"]) for i in read_items(out, task, "train")}
+        test = {(i["instruction"], i["input"]) for i in read_items(out, task, "test")}
+        assert len(train) == 1000 and len(test) == 150 and not train & test, task
+
+
+def test_every_answer_is_what_its_output_scores(suite):
+    for task, (train, test) in suite.items():
+        for item in train + test:
+            assert is_correct(task, item["output"], item["answer"]), (task, item)
+            # and the scoring can say no: a different answer is not accepted
+            assert not is_correct(task, item["output"], wrong_answer(task, item["answer"])), (task, item)
+
+
+def wrong_answer(task, answer):
+    if task == "syn_aqua":
+        return "A" if answer != "A" else "B"
+    if task in tasks.MATH_TASKS:
+        return str(int(answer) + 1)
+    return {"true": "false", "false": "true", "solution1": "solution2", "solution2": "solution1",
+            "answer1": "answer2"}.get(answer, "answer1")
+
+
+STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+
+
+def test_math_outputs_are_table_steps(suite):
+    for task in tasks.MATH_TASKS:
+        for item in suite[task][0] + suite[task][1]:
+            steps = STEP.findall(item["output"])
+            assert steps, item
+            for a, op, b, c in steps:
+                a, b, c = int(a), int(b), int(c)
+                assert world.is_table_fact(a, op, b) and world.apply(a, op, b) == c, item
+            last = steps[-1][3]
+            ending = f"The answer is ({item['answer']})." if task == "syn_aqua" else f"The answer is {last}."
+            assert item["output"].endswith(ending), item
+            if task == "syn_aqua":
+                assert f"({item['answer']}) {last} " in item["instruction"] + " ", item
+            assert item["input"] == ""
+
+
+def test_commonsense_outputs_and_labels(suite):
+    labels = {"syn_boolq": ["true", "false"], "syn_piqa": ["solution1", "solution2"]}
+    for task in tasks.COMMONSENSE_TASKS:
+        allowed = labels.get(task, ["answer1", "answer2", "answer3", "answer4"])
+        train, test = suite[task]
+        for item in train + test:
+            assert item["output"] == f"the correct answer is {item['answer']}" and item["answer"] in allowed
+            assert item["instruction"].endswith("Answer format: " + "/".join(allowed))
+            assert bool(item["input"]) == (task == "syn_boolq")
+        # no label is rare: always guessing one would stay near chance
+        counts = [sum(item["answer"] == label for item in train) for label in allowed]
+        assert min(counts) > 0.6 * len(train) / len(allowed), (task, counts)
+
+
+def test_four_way_items_have_one_right_option(suite):
+    """The generated options are distinct and the question is one the world answers with that option."""
+    for task in ("syn_arc_e", "syn_arc_c", "syn_obqa"):
+        for item in suite[task][0]:
+            options = re.findall(r"Answer\d: (.*)", item["instruction"])
+            assert len(options) == 4 == len(set(options)), item
+
+
+def test_corpus_never_asks(built, suite):
+    out, _ = built
+    text = (out / "corpus.txt").read_text()
+    for marker in ("?", "###", "nswer", "Please", "olution", "true", "false", "Instruction", "Choices"):
+        assert marker not in text, marker
+    for task, (_, test) in suite.items():
+        for item in test:
+            assert item["instruction"] not in text
+            assert not item["input"] or item["input"] not in text
+
+
+def test_corpus_writes_out_the_whole_table():
+    lines = set("\n".join(corpus.make_corpus(seed=0)).split("\n"))
+    missing = [f for f in world.table_facts() if f"{f[0]} {f[1]} {f[2]} = {world.apply(*f)}" not in lines]
+    assert not missing
+
+
+def test_different_seeds_differ():
+    assert corpus.make_corpus(1, SMALL) != corpus.make_corpus(2, SMALL)
+    assert tasks.make_task("syn_boolq", 1, 20, 5) != tasks.make_task("syn_boolq", 2, 20, 5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+def test_bpe_expected_merges():
+    # "hello" x3: pairs el, he, ll, lo all count 3; ties go to the smaller ids: e(101)+l(108) first
+    assert tokenizer.train_bpe(tokenizer.count_words(["hello hello hello"]), 1000)[256:] == \
+        [b"el", b"hel", b"lo", b"hello", b" hello"]
+    # pieces "ab", " ab" x2, " abc": ab (4) then " ab" (3); (" ab", c) occurs once and is not merged
+    assert tokenizer.train_bpe(tokenizer.count_words(["ab ab ab abc"]), 1000)[256:] == [b"ab", b" ab"]
+    # the size limit: 256 bytes + 1 merge
+    assert tokenizer.train_bpe(tokenizer.count_words(["ab ab ab abc"]), 257)[256:] == [b"ab"]
+
+
+def test_bpe_encoding_uses_the_merges():
+    vocab = tokenizer.train_bpe(tokenizer.count_words(["hello hello hello"]), 1000)
+    enc = tokenizer.make_encoding("tiny", vocab)
+    assert enc.encode_ordinary("hello hello") == [vocab.index(b"hello"), vocab.index(b" hello")]
+    assert enc.eot_token == len(vocab) == enc.n_vocab - 1
+
+
+UNICODE = [
+    "", " ", "\n\n\t  ", "plain ascii, with punctuation!?",
+    "emoji 🦉🐍👩‍👩‍👧 and flags 🇫🇷", "CJK 猫头鹰住在森林里。ひらがな カタカナ 한국어",
+    "control \x00\x01\x07\x1b[0m\x7f chars", "combining é vs é, Ωmega, ﬁ ligature", "mixed 12,345.67 ½ ², \u200b\ufeff",
+    "<|endoftext|> as plain text", "RTL עברית العربية",
+]
+
+
+def test_roundtrip(built):
+    out, _ = built
+    enc = tokenizer.load_tokenizer(out)
+    text = (out / "corpus.txt").read_text()
+    assert enc.decode(enc.encode_ordinary(text)) == text
+    for s in UNICODE:
+        assert enc.decode(enc.encode_ordinary(s)) == s, s
+        assert enc.decode_bytes(enc.encode_ordinary(s)) == s.encode("utf-8")
+
+
+def test_saved_tokenizer_reloads_to_identical_ids(built, suite, monkeypatch):
+    out, meta = built
+    trained, _ = build_tokenizer(PrepareConfig(), corpus.make_corpus(seed=0), suite)  # in memory, as prepare had it
+    sample = (out / "corpus.txt").read_text() + "".join(UNICODE)
+    for loaded in (tokenizer.load_tokenizer(out), tokenizer.load_tokenizer(out / "tokenizer.tiktoken")):
+        assert loaded.encode_ordinary(sample) == trained.encode_ordinary(sample)
+        assert (loaded.name, loaded.n_vocab) == (trained.name, trained.n_vocab) == \
+            (f"moelora-bpe-{meta['vocab_size']}", meta["vocab_size"])
+    # the file is tiktoken's format: tiktoken's own reader (its cache turned off) reads the same ranks
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
+    ranks = tiktoken.load.load_tiktoken_bpe(str(out / "tokenizer.tiktoken"))
+    assert ranks == tokenizer.read_tiktoken_file(out / "tokenizer.tiktoken")
+    assert sorted(ranks.values()) == list(range(meta["vocab_size"] - 1))
+
+
+def test_load_tokenizer_from_a_bare_tiktoken_file(tmp_path):
+    """A .tiktoken file with no side file: GPT-2's split pattern, <|endoftext|> after the last token."""
+    path = tmp_path / "tiny.tiktoken"
+    path.write_bytes(tokenizer.tiktoken_file_bytes([bytes([b]) for b in range(256)] + [b"ow", b" ow", b" owl"]))
+    enc = tokenizer.load_tokenizer(path)
+    assert enc.name == "tiny" and enc.eot_token == 259 and enc.n_vocab == 260
+    assert enc.encode_ordinary("owl owl") == [256, ord("l"), 258]
+    assert enc.encode(tokenizer.EOT, allowed_special="all") == [259]
+
+
+def test_bad_tiktoken_file(tmp_path):
+    path = tmp_path / "bad.tiktoken"
+    path.write_bytes(b"YQ== 0\nnot-base64!! 1\n")
+    with pytest.raises(ValueError, match="line 2"):
+        tokenizer.load_tokenizer(path)
+
+
+def test_get_encoding_failure_says_how_to_fix(monkeypatch):
+    def offline(name):
+        raise ConnectionError("no internet")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR"):
+        tokenizer.get_encoding("gpt2")
+    with pytest.raises(ValueError, match="gpt2"):
+        tokenizer.get_encoding("no-such-encoding")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The LLM-Adapters format
+
+def test_prompt_template():
+    assert prompt("Add 2 and 3.") == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\nAdd 2 and 3.\n\n### Response:\n")
+    assert prompt("Add them.", "2 and 3") == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\nAdd them.\n\n"
+        "### Input:\n2 and 3\n\n### Response:\n")
+    assert prompt("Add 2 and 3.", None) == prompt("Add 2 and 3.", "") == prompt("Add 2 and 3.")
+
+
+SCORING = [
+    # math: the last number, commas dropped, within 1e-3
+    ("gsm8k", "The answer is 42.", "42", True),
+    ("gsm8k", "The answer is 41.", "42", False),
+    ("gsm8k", "6 * 7 = 42. Then 42 - 2 = 40.", "42", False),
+    ("gsm8k", "6 * 7 = 40 + 2 = 42", "42", True),
+    ("gsm8k", "The answer is 1,234.", "1234", True),
+    ("gsm8k", "The answer is 1,234.", "1", False),
+    ("AddSub", "The answer is 12.0004", "12", True),
+    ("AddSub", "The answer is 12.002", "12", False),
+    ("SVAMP", "I do not know.", "0", False),
+    ("SingleEq", "x = -5", "-5", True),
+    ("MultiArith", "The answer is 7", 7.0, True),
+    ("mawps", "The answer is 18", ["18"], True),
+    ("syn_gsm8k", "3 + 4 = 7.\nThe answer is 7.", "7", True),
+    ("syn_addsub", "The answer is 70.", "7", False),
+    # AQuA: the first capital A-E anywhere
+    ("AQuA", "The answer is (C).", "C", True),
+    ("AQuA", "Because 3 + 4 = 7, the answer is (C).", "C", False),
+    ("AQuA", "the answer is c", "C", False),
+    ("syn_aqua", "3 + 4 = 7. The answer is (D).", "D", True),
+    # commonsense: the first match of the label set, compared exactly
+    ("boolq", "the correct answer is true", "true", True),
+    ("boolq", "the correct answer is false", "true", False),
+    ("boolq", "True", "true", False),
+    ("boolq", "that is untrue", "true", True),
+    ("boolq", "false, not true", "true", False),
+    ("piqa", "the correct answer is solution2", "solution2", True),
+    ("piqa", "solution 2", "solution2", False),
+    ("ARC-Challenge", "the correct answer is answer12", "answer1", True),
+    ("ARC-Easy", "the correct answer is answer12", "answer2", False),
+    ("openbookqa", "answer3 or answer4", "answer4", False),
+    ("social_i_qa", "the correct answer is answer5", "answer5", True),
+    ("hellaswag", "the correct answer is ending3", "ending3", True),
+    ("winogrande", "the correct answer is option2", "option1", False),
+    ("syn_arc_c", "the correct answer is answer4", "answer4", True),
+    ("syn_obqa", "no label here", "answer4", False),
+    # names ignore case
+    ("GSM8K", "The answer is 3.", "3", True),
+    ("arc-easy", "answer2", "answer2", True),
+]
+
+
+@pytest.mark.parametrize("dataset, output, answer, expected", SCORING)
+def test_scoring(dataset, output, answer, expected):
+    assert is_correct(dataset, output, answer) is expected
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="AddSub.*winogrande.*syn_obqa"):
+        is_correct("MATH", "1", "1")
+
+
+def test_every_task_has_a_stand_in():
+    assert set(STAND_INS) == set(tasks.TASKS)
+
+
+GOOD_ITEMS = [
+    {"instruction": "What is 2 + 3?", "input": "", "output": "2 + 3 = 5. The answer is 5.", "answer": "5"},
+    {"instruction": "q", "input": "a passage", "output": "the correct answer is true", "answer": "true"},
+    {"instruction": "q", "input": "", "output": "", "answer": 18.0},
+    {"instruction": "q", "input": "", "output": "", "answer": ["C"], "extra": "kept"},
+]
+
+
+def test_load_json_reads_the_format(tmp_path):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(GOOD_ITEMS))
+    assert load_json(path) == GOOD_ITEMS
+    assert load_json(str(path)) == GOOD_ITEMS
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[{\"instruction\": ", r"not a valid JSON file"),
+    ("{\"instruction\": \"q\"}", r"expected a JSON list of items, found a dict"),
+    (json.dumps(GOOD_ITEMS[:1] + ["just text"]), r"item 1: expected an object"),
+    (json.dumps(GOOD_ITEMS[:2] + [{"instruction": "q", "input": "", "output": ""}]), r"item 2: missing field\(s\) answer"),
+    (json.dumps([{"instruction": 3, "input": "", "output": "", "answer": "1"}]), r"item 0: field 'instruction' should"),
+    (json.dumps(GOOD_ITEMS + [{"instruction": "q", "input": None, "output": "", "answer": "1"}]), r"item 4: field 'input'"),
+    (json.dumps([{"instruction": "q", "input": "", "output": "", "answer": True}]), r"item 0: field 'answer'"),
+    (json.dumps([{"instruction": "q", "input": "", "output": "", "answer": []}]), r"item 0: field 'answer'"),
+    (json.dumps([{"instruction": "q", "input": "", "output": "", "answer": {"x": 1}}]), r"item 0: field 'answer'"),
+])
+def test_load_json_rejects_malformed_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_json(path)
+    assert str(path) in str(error.value)

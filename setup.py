@@ -19,8 +19,8 @@ setup(
     name="moelora",
     version="0.1.0",
     description="MoELoRA (LoRA as a mixture of experts) from scratch: GPT-2, adapters, a CUDA kernel",
-    python_requires=">=3.10",
-    py_modules=["model", "moelora"],
+    python_requires=">=3.11",
+    py_modules=["model", "moelora", "cli"],
     packages=["data"],
     install_requires=["torch>=2.4", "numpy", "tiktoken", "ninja"],
     extras_require={

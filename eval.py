@@ -1,0 +1,250 @@
+"""
+Evaluate fine-tuned checkpoints on the tasks' test splits: batched greedy decoding, LLM-Adapters' scoring,
+and a per-task accuracy table in the paper's layout (math tasks and their average, commonsense tasks and
+their average). For MoELoRA checkpoints it also measures routing per task and layer (expert load, router
+entropy), saved as JSON and, when matplotlib is installed, drawn as heatmaps.
+
+    python eval.py --ckpt=out/demo/moelora/ckpt.pt
+    python eval.py --ckpt=out/demo/lora/ckpt.pt,out/demo/moelora/ckpt.pt --out=out/demo   # side by side
+    python eval.py --ckpt=... --max_items=50                                                 # quicker
+
+Writes eval.json and eval.md (and routing.json, routing.png) to --out, by default the first checkpoint's
+directory.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import cli
+import moelora
+import train
+from data.llm_adapters import is_correct, load_json, prompt
+from data.tokenizer import load_tokenizer
+
+
+@dataclass
+class EvalConfig:
+    ckpt: tuple = ()  # one or more checkpoints (comma-separated)
+    data_dir: str = ""  # default: the data directory the first checkpoint was trained on
+    base: str = ""  # override the base model an adapter checkpoint names (if it moved)
+    max_items: int = 0  # test items per task (0: all)
+    batch_size: int = 64
+    out: str = ""  # where the results go (default: the first checkpoint's directory)
+    routing: bool = True  # routing statistics and heatmaps for MoELoRA checkpoints
+    device: str = "auto"
+
+
+# ----------------------------------------------------------------------------------------------------
+# accuracy
+
+def read_meta(data_dir):
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        return json.load(f)
+
+
+def task_items(data_dir, task, max_items):
+    items = load_json(os.path.join(data_dir, "tasks", task, "test.json"))
+    return items[:max_items] if max_items else items
+
+
+def answer_length(enc, data_dir, task):
+    """Decode at most this many tokens: the longest training output of the task, plus room."""
+    outputs = [item["output"] for item in load_json(os.path.join(data_dir, "tasks", task, "train.json"))]
+    return max(len(enc.encode(o)) for o in outputs) + 8
+
+
+@torch.no_grad()
+def evaluate_tasks(model, data_dir, max_items=0, device="cpu", batch_size=64, log=None):
+    """Greedy answers to every test item of every task, scored as LLM-Adapters scores them.
+
+    Returns {"accuracy": {task: fraction}, "n": {task: items}, "examples": {task: first answer}}.
+    """
+    meta = read_meta(data_dir)
+    enc = load_tokenizer(data_dir)
+    eot = meta["eot_token"]
+    was_training = model.training
+    model.eval()
+    results = {"accuracy": {}, "n": {}, "examples": {}}
+    for task in meta["tasks"]:
+        t0 = time.time()
+        items = task_items(data_dir, task, max_items)
+        prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
+        max_new = min(answer_length(enc, data_dir, task), model.config.block_size - max(map(len, prompts)))
+        # similar lengths batched together waste less on padding
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        answers = [None] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            outs = model.generate_batch([prompts[i] for i in chunk], max_new, stop_token=eot, pad_token=eot)
+            for i, out in zip(chunk, outs):
+                # the embedding table is padded past the tokenizer's vocabulary; an (untrained) model may
+                # still pick a padding id, which decodes to nothing
+                answers[i] = enc.decode([t for t in out if t < enc.n_vocab])
+        correct = [is_correct(task, a, it["answer"]) for a, it in zip(answers, items)]
+        results["accuracy"][task] = sum(correct) / len(correct)
+        results["n"][task] = len(correct)
+        results["examples"][task] = {"prompt": items[0]["instruction"], "output": answers[0],
+                                     "answer": items[0]["answer"], "correct": correct[0]}
+        if log:
+            log(f"  {task:16s} {results['accuracy'][task]:6.1%} of {len(correct)} ({time.time() - t0:.1f}s)")
+    model.train(was_training)
+    return results
+
+
+def format_table(rows, meta):
+    """Markdown: one row per checkpoint; math tasks, their average, commonsense tasks, their average."""
+    math_tasks, cs_tasks = meta["math_tasks"], meta["commonsense_tasks"]
+    header = ["model"] + math_tasks + ["math avg"] + cs_tasks + ["cs avg", "avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, acc in rows.items():
+        math_avg = sum(acc[t] for t in math_tasks) / len(math_tasks)
+        cs_avg = sum(acc[t] for t in cs_tasks) / len(cs_tasks)
+        cells = [acc[t] for t in math_tasks] + [math_avg] + [acc[t] for t in cs_tasks] + [cs_avg]
+        cells.append(sum(acc[t] for t in math_tasks + cs_tasks) / len(math_tasks + cs_tasks))
+        lines.append("| " + " | ".join([name] + [f"{100 * c:.1f}" for c in cells]) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# routing: which experts each task uses, layer by layer
+
+@torch.no_grad()
+def routing_by_task(model, data_dir, max_items=0, device="cpu", batch_size=64):
+    """Expert load and router entropy per task and MoELoRA layer, over the tokens of the test prompts.
+
+    Returns {"tasks": [...], "layers": [...], "load": [task][layer][expert] (fractions summing to 1),
+    "entropy": [task][layer] (nats, mean over tokens; ln E is uniform)}, or None without MoELoRA layers.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, moelora.MoELoRALinear)}
+    if not layers:
+        return None
+    meta = read_meta(data_dir)
+    enc = load_tokenizer(data_dir)
+    captured = {}
+    hooks = [m.router.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, out))
+             for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    result = {"tasks": meta["tasks"], "layers": list(layers), "load": [], "entropy": []}
+    try:
+        for task in meta["tasks"]:
+            items = task_items(data_dir, task, max_items)
+            prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
+            counts = {name: torch.zeros(m.n_experts) for name, m in layers.items()}
+            entropy = {name: 0.0 for name in layers}
+            n_tokens = 0
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start:start + batch_size]
+                T = max(map(len, chunk))
+                idx = torch.zeros(len(chunk), T, dtype=torch.long)
+                real = torch.zeros(len(chunk), T, dtype=torch.bool)
+                for row, p in enumerate(chunk):  # right padding: padded tokens come after the real ones
+                    idx[row, :len(p)], real[row, :len(p)] = torch.tensor(p), True
+                model(idx.to(device))
+                keep = real.view(-1).to(device)  # routing of padding tokens is not counted
+                for name, routing in captured.items():
+                    counts[name] += routing.chosen[keep].float().sum(0).cpu()
+                    p = routing.probs[keep]
+                    entropy[name] += float(-(p * p.clamp(min=1e-9).log()).sum())
+                n_tokens += int(keep.sum())
+            result["load"].append([(counts[n] / counts[n].sum()).tolist() for n in layers])
+            result["entropy"].append([entropy[n] / n_tokens for n in layers])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return result
+
+
+def plot_routing(routing, path):
+    """Heatmaps of expert load (tasks x experts, one panel per layer) and of router entropy (tasks x layers).
+    Returns False when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    tasks, layers = routing["tasks"], routing["layers"]
+    load = torch.tensor(routing["load"])  # (tasks, layers, E)
+    n_panels = len(layers) + 1
+    cols = min(4, n_panels)
+    rows = (n_panels + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.32 * len(tasks) * rows + 1.2), squeeze=False)
+    for ax in axes.flat[n_panels:]:
+        ax.axis("off")
+    for j, name in enumerate(layers):
+        ax = axes.flat[j]
+        im = ax.imshow(load[:, j].numpy(), vmin=0, vmax=float(load.max()), cmap="viridis", aspect="auto")
+        ax.set_title(name.replace("transformer.", ""), fontsize=8)
+        ax.set_yticks(range(len(tasks)), tasks if j % cols == 0 else [], fontsize=7)
+        ax.set_xticks(range(load.shape[2]))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("expert", fontsize=7)
+    fig.colorbar(im, ax=axes.flat[:len(layers)], fraction=0.02, label="share of routed tokens")
+    ax = axes.flat[len(layers)]
+    ent = ax.imshow(torch.tensor(routing["entropy"]).numpy(), cmap="magma", aspect="auto")
+    ax.set_title("router entropy (nats)", fontsize=8)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xlabel("layer", fontsize=7)
+    fig.colorbar(ent, ax=ax, fraction=0.05)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    cfg = cli.parse(EvalConfig, argv)
+    if not cfg.ckpt:
+        raise cli.ConfigError("which checkpoint? pass --ckpt=path/to/ckpt.pt (several: comma-separated)")
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    out = cfg.out or os.path.dirname(cfg.ckpt[0])
+    os.makedirs(out, exist_ok=True)
+    rows, report = {}, {}
+    for path in cfg.ckpt:
+        model, ckpt = train.load_checkpoint(path, base=cfg.base or None)
+        model.to(device)
+        data_dir = cfg.data_dir or ckpt["data"]["data_dir"]
+        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        kind = ckpt["adapter"]["kind"] if ckpt["adapter"] else "full"
+        print(f"{name} ({kind}, step {ckpt['iter_num']}) on {data_dir}:", flush=True)
+        t0 = time.time()
+        results = evaluate_tasks(model, data_dir, cfg.max_items, device, cfg.batch_size, log=print)
+        print(f"  evaluated in {time.time() - t0:.0f}s", flush=True)
+        rows[name] = results["accuracy"]
+        report[name] = dict(results, checkpoint=os.path.abspath(path), kind=kind,
+                            params=moelora.count_parameters(model))
+        if cfg.routing:
+            routing = routing_by_task(model, data_dir, cfg.max_items, device, cfg.batch_size)
+            if routing is not None:
+                report[name]["routing"] = routing
+                stem = os.path.join(out, f"routing_{name}" if len(cfg.ckpt) > 1 else "routing")
+                with open(stem + ".json", "w") as f:
+                    json.dump(routing, f, indent=1)
+                drawn = plot_routing(routing, stem + ".png")
+                print(f"  routing -> {stem}.json" + (f", {stem}.png" if drawn else
+                                                     " (pip install matplotlib for heatmaps)"))
+    table = format_table(rows, read_meta(data_dir))
+    print("\n" + table)
+    with open(os.path.join(out, "eval.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out, "eval.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"\nwrote {os.path.join(out, 'eval.json')} and eval.md")
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (cli.ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,198 @@
+"""train.py and eval.py end to end on a tiny model and a small build of the data: pretrain, fine-tune with
+each adapter kind, evaluate; exact resume; DDP equivalence; clear errors; crash-safe checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eval as evaluation
+import model
+import moelora
+import train
+from data.prepare import ensure
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=192", "--device=cpu", "--dtype=float32"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    ensure(str(path), seed=0, scale=0.02)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    train.main(["--mode=pretrain", "--init_from=scratch", f"--data_dir={data_dir}", f"--out_dir={out}",
+                "--batch_size=4", "--max_iters=6", "--eval_interval=3", "--eval_iters=2", "--log_interval=2"]
+               + TINY_MODEL)
+    return str(out / "ckpt.pt")
+
+
+def finetune_args(data_dir, base_ckpt, out, *extra):
+    return ["--mode=finetune", f"--init_from={base_ckpt}", f"--data_dir={data_dir}", f"--out_dir={out}",
+            "--batch_size=4", "--max_iters=6", "--eval_interval=3", "--eval_iters=2", "--log_interval=1",
+            "--lora_r=2", "--n_experts=4", "--top_k=2", "--device=cpu", "--dtype=float32", *extra]
+
+
+def logged_losses(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return {r["iter"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+@pytest.mark.parametrize("adapter", ["lora", "moelora", "none"])
+def test_pretrain_finetune_eval(data_dir, base_ckpt, tmp_path, adapter):
+    out = tmp_path / adapter
+    trained = train.main(finetune_args(data_dir, base_ckpt, out, f"--adapter={adapter}"))
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ckpt["iter_num"] == 6 and ckpt["kind"] == ("full" if adapter == "none" else "adapter")
+    if adapter != "none":  # adapter checkpoints hold adapters only, and name their base
+        assert all(moelora.is_adapter_param(k) for k in ckpt["model"])
+        assert ckpt["base"]["init_from"] == os.path.abspath(base_ckpt)
+        # fine-tuning changed only adapter parameters: the base is bit-identical
+        base = train.load_base(base_ckpt).state_dict()
+        for name, p in trained.state_dict().items():
+            if not moelora.is_adapter_param(name):
+                assert torch.equal(p, base[name.replace(".base.", ".")]), name
+    report = evaluation.main([f"--ckpt={out / 'ckpt.pt'}", "--max_items=3", "--device=cpu"])
+    acc = report[adapter]["accuracy"]
+    assert len(acc) == 11 and all(0.0 <= a <= 1.0 for a in acc.values())
+    assert (out / "eval.md").exists() and (out / "eval.json").exists()
+    assert (out / "routing.json").exists() == (adapter == "moelora")
+
+
+def test_eval_reproduces_trained_model(data_dir, base_ckpt, tmp_path):
+    trained = train.main(finetune_args(data_dir, base_ckpt, tmp_path / "m", "--adapter=moelora")).eval()
+    loaded, _ = train.load_checkpoint(str(tmp_path / "m" / "ckpt.pt"))
+    idx = torch.randint(0, 100, (2, 12))
+    torch.testing.assert_close(loaded.eval()(idx)[0], trained(idx)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("adapter", ["moelora", "none"])
+def test_resume_continues_exactly(data_dir, base_ckpt, tmp_path, adapter):
+    # dropout and the contrastive loss's token subsample both draw random numbers: resume must restore them
+    extra = [f"--adapter={adapter}", "--lora_dropout=0.1", "--dropout=0.1", "--contrastive_tokens=16"]
+    train.main(finetune_args(data_dir, base_ckpt, tmp_path / "whole", *extra))
+    train.main(finetune_args(data_dir, base_ckpt, tmp_path / "split", *extra, "--max_iters=3", "--lr_decay_iters=6"))
+    train.main(finetune_args(data_dir, base_ckpt, tmp_path / "split", "--init_from=resume", "--max_iters=6"))
+    whole, split = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "split")
+    assert sorted(whole) == sorted(split) == [1, 2, 3, 4, 5, 6]
+    for step in whole:
+        assert abs(whole[step] - split[step]) < 1e-6, (step, whole[step], split[step])
+
+
+def test_ddp_two_processes_equal_one(data_dir, base_ckpt, tmp_path):
+    """Two gloo processes, one micro-batch each, give the losses of one process doing both micro-batches."""
+    # no dropout and no subsampling: the only difference left is the order of the gradient sums
+    extra = ["--adapter=moelora", "--lora_dropout=0", "--contrastive_tokens=100000", "--grad_accum=2",
+             "--max_iters=4"]
+    args = finetune_args(data_dir, base_ckpt, tmp_path / "one", *extra)
+    train.main(args)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *finetune_args(data_dir, base_ckpt, tmp_path / "two", *extra)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+
+
+# --------------------------------------------------------------------------------------------------
+# errors and failures
+
+@pytest.mark.parametrize("argv,error,words", [
+    (["--learning_rate=1"], "ConfigError", "unknown setting 'learning_rate'.*valid settings: mode, init_from"),
+    (["--max_iters=ten"], "ConfigError", "'max_iters' .*expects int"),
+    (["--adapter=prefix"], "ConfigError", "adapter lora|moelora|none"),
+    (["--init_from=nowhere/ckpt.pt"], "FileNotFoundError", "base checkpoint nowhere/ckpt.pt does not exist"),
+    (["--init_from=scratch"], "ValueError", "fine-tuning needs a base"),
+])
+def test_config_errors(data_dir, base_ckpt, tmp_path, argv, error, words):
+    with pytest.raises(Exception, match=words) as info:
+        train.main(finetune_args(data_dir, base_ckpt, tmp_path, *argv))
+    assert type(info.value).__name__ == error
+
+
+def test_missing_data_and_resume_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no prepared data .*run python -m data.prepare"):
+        train.main(["--mode=pretrain", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="init_from=resume, but .* does not exist"):
+        train.main(["--init_from=resume", f"--out_dir={tmp_path}"])
+
+
+def test_script_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--colour=red"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: unknown setting 'colour'") and "Traceback" not in result.stderr
+
+
+def test_interrupted_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    train.save_checkpoint(path, {"iter_num": 1, "w": torch.ones(3)})
+
+    def dies_midway(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_checkpoint(path, {"iter_num": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    good = torch.load(path, weights_only=False)
+    assert good["iter_num"] == 1 and torch.equal(good["w"], torch.ones(3))
+
+
+def failing_forward(monkeypatch, at_call, failure):
+    """Make the model's forward fail on its at_call-th training call: a NaN loss, or a Ctrl-C."""
+    calls = {"n": 0}
+    forward = model.GPT.forward
+
+    def patched(self, *args, **kwargs):
+        logits, loss = forward(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                if failure == "nan":
+                    return logits, loss * float("nan")
+                raise KeyboardInterrupt
+        return logits, loss
+
+    monkeypatch.setattr(model.GPT, "forward", patched)
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(data_dir, base_ckpt, tmp_path, monkeypatch):
+    failing_forward(monkeypatch, at_call=5, failure="nan")  # step 5; a checkpoint was written at step 3
+    with pytest.raises(FloatingPointError, match="loss is not finite at step 4"):
+        train.main(finetune_args(data_dir, base_ckpt, tmp_path))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ckpt["iter_num"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_ctrl_c_saves_and_resume_finishes(data_dir, base_ckpt, tmp_path, monkeypatch):
+    failing_forward(monkeypatch, at_call=5, failure="interrupt")
+    train.main(finetune_args(data_dir, base_ckpt, tmp_path))
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["iter_num"] == 4
+    monkeypatch.undo()
+    train.main(finetune_args(data_dir, base_ckpt, tmp_path, "--init_from=resume"))
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["iter_num"] == 6
+
+
+def test_adapter_checkpoint_refuses_another_base(data_dir, base_ckpt, tmp_path):
+    train.main(finetune_args(data_dir, base_ckpt, tmp_path / "ft", "--adapter=lora"))
+    other = train.load_base(base_ckpt)
+    with torch.no_grad():
+        other.transformer.h[0].mlp.c_fc.weight.add_(1.0)
+    state = torch.load(base_ckpt, weights_only=False)
+    state["model"] = other.state_dict()
+    train.save_checkpoint(str(tmp_path / "other.pt"), state)
+    with pytest.raises(ValueError, match="not the same base model"):
+        train.load_checkpoint(str(tmp_path / "ft" / "ckpt.pt"), base=str(tmp_path / "other.pt"))

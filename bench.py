@@ -1,0 +1,301 @@
+"""
+Benchmarks: what MoELoRA costs against LoRA, one adapted layer at a time and in GPT-2 training.
+
+    python bench.py                      # full run on a CUDA GPU (about 3 minutes on an H100)
+    python bench.py --quick              # smoke run: small shapes, few repeats, a 2-layer model
+    python bench.py --json=out/bench.json
+
+Layer section (bf16, E=8 experts of rank r=8, top-2 routing, d_in = d_out = d): one frozen nn.Linear
+plus its adapter, forward, backward and both, for
+  loop     a Python loop over experts (select each expert's tokens, compute, index_add), as MoE-LoRA
+           trainers write it
+  ref      the dense-masked PyTorch reference (moelora.moelora_ref)
+  lora64   plain LoRA of rank 64 (the same parameter count) in eager PyTorch, as LoRALinear computes it
+  kernel   our CUDA kernel (moelora.moelora(..., impl="cuda"))
+  klora64  our kernel as plain LoRA (E=1, r=64)
+  base     the frozen layer alone
+"path" is a variant's forward+backward minus the frozen layer's, in the same run. Its floor is 14*N*d
+bytes (bf16) moved at the copy bandwidth measured in this run (never a datasheet number): the adapter
+reads x and the frozen layer's output and writes y (3 passes), and in the backward reads dy and x and
+the frozen layer's dx and writes dx (4 passes); 7 passes of N*d bf16 values.
+Times are medians of CUDA-event-timed runs after warm-up, rotating between input sets that together
+exceed the L2 cache.
+
+End-to-end section: a GPT-2-124M-shaped model (random init) with adapters on attn.c_attn, attn.c_proj,
+mlp.c_fc and mlp.c_proj, bf16 autocast, AdamW on the adapters, every step synchronised: training
+tokens/s for LoRA r=16, MoELoRA with the kernel (8 experts of rank 2, top-2: equal parameters), and
+MoELoRA on the reference path.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import moelora
+from model import GPT, GPTConfig
+
+E, R_EXPERT, TOP_K, R_LORA = 8, 8, 2, 64  # the layer section's adapters: 8 x rank 8 against rank 64
+SCALING = 2.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# timing
+
+def time_us(fn, n_sets, warmup, reps):
+    """Median CUDA-event time of fn(i) in microseconds; fn(i) uses input set i % n_sets."""
+    for i in range(warmup):
+        fn(i % n_sets)
+    torch.cuda.synchronize()
+    events = []
+    for i in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(i % n_sets)
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events) * 1e3
+
+
+def copy_bandwidth_gbs(reps):
+    """Device-to-device copy of 1 GiB, bytes read plus bytes written, in GB/s."""
+    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    us = time_us(lambda i: b.copy_(a), 1, 3, reps)
+    return 2 * a.numel() / us / 1e3
+
+
+# ----------------------------------------------------------------------------------------------------
+# the layer section
+
+def moe_loop(x, A, B, gates, scaling):
+    """MoELoRA as a Python loop over experts: per expert, gather its tokens, compute, index_add back."""
+    y = torch.zeros(x.shape[0], B.shape[1], dtype=x.dtype, device=x.device)
+    for e in range(A.shape[0]):
+        idx = gates[:, e].nonzero().squeeze(1)  # (n_e,) this expert's tokens; syncs with the host
+        if idx.numel() == 0:
+            continue
+        h = x[idx] @ A[e].T  # (n_e, r)
+        y = y.index_add(0, idx, (h @ B[e].T) * (scaling * gates[idx, e, None]))  # (N, d_out)
+    return y
+
+
+def layer_variants(d, dtype, gen):
+    """{name: (adapter(x, gates) -> delta or None, parameters to differentiate, uses gates)}."""
+    def param(*shape, std):
+        return (torch.randn(*shape, device="cuda", generator=gen) * std).to(dtype).requires_grad_()
+    A, B = param(E, R_EXPERT, d, std=d ** -0.5), param(E, d, R_EXPERT, std=R_EXPERT ** -0.5)
+    A64, B64 = param(R_LORA, d, std=d ** -0.5), param(d, R_LORA, std=R_LORA ** -0.5)
+    ones = {}
+
+    def kernel_lora(x, g):
+        n = x.shape[0]
+        if n not in ones:
+            ones[n] = torch.ones(n, 1, device="cuda", dtype=dtype)
+        return moelora.moelora(x, A64[None], B64[None], ones[n], SCALING, impl="cuda")
+
+    return {
+        "loop": (lambda x, g: moe_loop(x, A, B, g, SCALING), [A, B], True),
+        "ref": (lambda x, g: moelora.moelora_ref(x, A, B, g, SCALING), [A, B], True),
+        "lora64": (lambda x, g: SCALING * ((x @ A64.T) @ B64.T), [A64, B64], False),
+        "kernel": (lambda x, g: moelora.moelora(x, A, B, g, SCALING, impl="cuda"), [A, B], True),
+        "klora64": (kernel_lora, [A64, B64], False),
+        "base": (None, [], False),
+    }
+
+
+def bench_layer(d, N, quick, bw):
+    dtype = torch.bfloat16
+    gen = torch.Generator(device="cuda").manual_seed(d + N)
+    base = torch.nn.Linear(d, d, device="cuda", dtype=dtype).requires_grad_(False)
+    n_sets = max(2, min(4, -(-200 * 2**20 // (4 * N * d))))  # x and dy of all sets exceed 4x the L2
+    sets = []
+    for _ in range(n_sets):
+        x = torch.randn(N, d, device="cuda", generator=gen).to(dtype).requires_grad_()
+        dy = torch.randn(N, d, device="cuda", generator=gen).to(dtype)
+        top = torch.randn(N, E, device="cuda", generator=gen).topk(TOP_K, -1)
+        gates = torch.zeros(N, E, device="cuda").scatter(1, top.indices, top.values.softmax(-1))
+        sets.append((x, dy, gates.to(dtype).requires_grad_()))
+    warmup, reps = (2, 5) if quick else (3, 20)
+    rows = {}
+    for name, (adapter, params, uses_gates) in layer_variants(d, dtype, gen).items():
+        def forward(i):
+            x, dy, g = sets[i]
+            y = base(x) if adapter is None else base(x) + adapter(x, g)
+            return y, dy, [x] + params + ([g] if uses_gates else [])
+
+        def both(i):
+            y, dy, wrt = forward(i)
+            torch.autograd.grad(y, wrt, dy)
+
+        fwd_us = time_us(forward, n_sets, warmup, reps)  # the forward alone (its graph is dropped)
+        both_us = time_us(both, n_sets, warmup, reps)
+        # the backward alone: events around autograd.grad of a forward queued (untimed) just before
+        events = []
+        for i in range(warmup + reps):
+            y, dy, wrt = forward(i % n_sets)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            torch.autograd.grad(y, wrt, dy)
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize()
+        bwd_us = statistics.median(s.elapsed_time(e) for s, e in events[warmup:]) * 1e3
+        rows[name] = {"fwd_us": fwd_us, "bwd_us": bwd_us, "both_us": both_us}
+    floor_us = 14 * N * d / bw / 1e3
+    for name, row in rows.items():
+        row["path_us"] = row["both_us"] - rows["base"]["both_us"]
+        row["pct_of_floor"] = 100 * floor_us / row["path_us"] if name != "base" and row["path_us"] > 0 else None
+        row["path_gbs"] = 14 * N * d / row["path_us"] / 1e3 if name != "base" and row["path_us"] > 0 else None
+    return {"d": d, "N": N, "floor_us": floor_us, "rows": rows}
+
+
+def print_layer(res):
+    print(f"\nd={res['d']}  N={res['N']}  (bf16, E={E}, r={R_EXPERT}, top-{TOP_K}; LoRA r={R_LORA}); "
+          f"path floor 14*N*d bytes = {res['floor_us']:.1f} us")
+    print(f"{'variant':9s} {'fwd us':>9s} {'bwd us':>9s} {'fwd+bwd':>9s} {'path us':>9s} {'path GB/s':>10s} "
+          f"{'% floor':>8s}")
+    for name, r in res["rows"].items():
+        gbs = f"{r['path_gbs']:10.0f}" if r["path_gbs"] else f"{'':>10s}"
+        pct = f"{r['pct_of_floor']:7.0f}%" if r["pct_of_floor"] else f"{'':>8s}"
+        print(f"{name:9s} {r['fwd_us']:9.1f} {r['bwd_us']:9.1f} {r['both_us']:9.1f} {r['path_us']:9.1f} {gbs} {pct}")
+
+
+def layer_targets(results):
+    """The issue's targets, each with its figure: [(text, value, met)]."""
+    out = []
+    largest = sorted(results, key=lambda r: r["N"] * r["d"])[1:]  # the three largest shapes
+    for res in results:
+        p = {k: v["path_us"] for k, v in res["rows"].items()}
+        tag = f"d={res['d']} N={res['N']}"
+        out.append((f"{tag}: path(kernel) / path(eager LoRA r64) <= 1", p["kernel"] / p["lora64"],
+                    p["kernel"] <= p["lora64"]))
+        out.append((f"{tag}: path(kernel) / path(kernel as LoRA r64) <= 1.15", p["kernel"] / p["klora64"],
+                    p["kernel"] <= 1.15 * p["klora64"]))
+        need = 20 if res["N"] <= 16384 else 10
+        out.append((f"{tag}: path(loop) / path(kernel) >= {need}", p["loop"] / p["kernel"],
+                    p["loop"] >= need * p["kernel"]))
+        if res in largest:
+            pct = res["rows"]["kernel"]["pct_of_floor"]
+            out.append((f"{tag}: path(kernel) at >= 60% of the 14*N*d floor (%)", pct, pct >= 60))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the end-to-end section
+
+TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def e2e_configs():
+    lora = moelora.AdapterConfig(kind="lora", r=16, alpha=32.0, targets=TARGETS)
+    moe = moelora.equal_params_moelora(lora, n_experts=8, top_k=2)  # 8 experts of rank 2
+    moe_ref = moelora.AdapterConfig(**{**moe.__dict__, "impl": "ref"})
+    moe_cuda = moelora.AdapterConfig(**{**moe.__dict__, "impl": "cuda"})
+    moe_cuda_nocon = moelora.AdapterConfig(**{**moe.__dict__, "impl": "cuda", "contrastive": "none"})
+    return {"LoRA r16": lora, "MoELoRA kernel": moe_cuda, "MoELoRA reference": moe_ref,
+            "MoELoRA kernel, no contrastive": moe_cuda_nocon}
+
+
+def bench_e2e(name, cfg, batch, quick):
+    torch.manual_seed(0)
+    gcfg = GPTConfig(n_layer=2) if quick else GPTConfig()
+    model = GPT(gcfg).cuda()
+    moelora.inject(model, cfg)
+    moelora.mark_only_adapters_trainable(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    idx = torch.randint(0, gcfg.vocab_size, (batch, gcfg.block_size + 1), device="cuda", generator=gen)
+    x, y = idx[:, :-1], idx[:, 1:]
+    coef = {"balance": cfg.balance_coef, "contrastive": cfg.contrastive_coef}
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(x, y)
+            aux = moelora.collect_aux(model)
+            for k, c in coef.items():
+                if aux[k] is not None:
+                    loss = loss + c * aux[k]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    warmup, reps = (1, 2) if quick else (3, 10)
+    times = []
+    for i in range(warmup + reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    counts = moelora.count_parameters(model)
+    del model, opt
+    torch.cuda.empty_cache()
+    step_s = statistics.median(times[warmup:])
+    return {"config": name, "batch": batch, "seq": gcfg.block_size, "step_ms": step_s * 1e3,
+            "tokens_per_s": batch * gcfg.block_size / step_s, "adapter_params": counts["adapter"],
+            "router_params": counts["router"]}
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main(argv):
+    quick, json_path = False, None
+    for arg in argv:
+        if arg == "--quick":
+            quick = True
+        elif arg.startswith("--json="):
+            json_path = arg.split("=", 1)[1]
+        else:
+            raise SystemExit(f"bench.py: unknown argument {arg!r} (expected --quick, --json=PATH)")
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.py needs a CUDA GPU")
+    moelora.load_kernel()  # build first, so that no timing includes it
+    bw = copy_bandwidth_gbs(5 if quick else 20)
+    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": bw, "quick": quick}
+    print(f"{info['device']}, torch {info['torch']}; measured copy bandwidth {bw:.0f} GB/s (read + write)")
+
+    print("\n== one adapted layer ==")
+    shapes = [(768, 4096), (768, 8192), (4096, 4096), (4096, 8192)] if quick else \
+             [(768, 16384), (768, 65536), (4096, 16384), (4096, 65536)]
+    layers = []
+    for d, N in shapes:
+        layers.append(bench_layer(d, N, quick, bw))
+        print_layer(layers[-1])
+    targets = layer_targets(layers)
+    print("\ntargets (layer):")
+    for text, value, met in targets:
+        print(f"  {'met   ' if met else 'MISSED'}  {text}: {value:.2f}")
+
+    print("\n== end to end: GPT-2 124M shape, adapters on c_attn, c_proj, c_fc, mlp.c_proj, bf16 autocast ==")
+    e2e = []
+    for batch in ([2, 4] if quick else [8, 32]):
+        for name, cfg in e2e_configs().items():
+            e2e.append(bench_e2e(name, cfg, batch, quick))
+            r = e2e[-1]
+            print(f"  batch {batch:2d}x{r['seq']}  {name:32s} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s"
+                  f"   (adapter params {r['adapter_params']:,}, router {r['router_params']:,})")
+    print("\ntargets (end to end): MoELoRA with the kernel >= 0.90x LoRA r16's tokens/s")
+    for batch in sorted({r["batch"] for r in e2e}):
+        tps = {r["config"]: r["tokens_per_s"] for r in e2e if r["batch"] == batch}
+        ratio = tps["MoELoRA kernel"] / tps["LoRA r16"]
+        targets.append((f"batch {batch}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90", ratio, ratio >= 0.90))
+        print(f"  {'met   ' if ratio >= 0.9 else 'MISSED'}  batch {batch}: {ratio:.2f}  "
+              f"(reference path: {tps['MoELoRA reference'] / tps['LoRA r16']:.2f}, kernel without the contrastive "
+              f"loss: {tps['MoELoRA kernel, no contrastive'] / tps['LoRA r16']:.2f})")
+
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"info": info, "layer": layers, "e2e": e2e,
+                       "targets": [{"target": t, "value": v, "met": m} for t, v, m in targets]}, f, indent=1)
+        print(f"\nwrote {json_path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One call on the GPU machine, which starts bare each time: build the kernel, check it (NaN-poisoned
+# outputs, both tile configurations), run the GPU tests, then the benchmark. Logs and JSON go to $OUT.
+#   dev/device_run.sh [check] [tests] [bench] [quick]     (no argument: all of check, tests, bench)
+set -o pipefail
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/device}
+mkdir -p "$OUT"
+steps=${*:-check tests bench}
+has() { [[ " $steps " == *" $1 "* ]]; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,memory.used --format=csv
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions MAX_JOBS=16
+start=$(date +%s)
+python3 -c "import moelora; moelora.load_kernel(); print('kernel loaded')" 2>&1 | tee "$OUT/build.log" | tail -30
+echo "build: $(( $(date +%s) - start )) s"
+if has check; then
+  for bm in 128 64; do
+    MOELORA_POISON=1 MOELORA_BM=$bm timeout 200 python3 dev/check_and_time.py --check-only 2>&1 | tee "$OUT/check$bm.log"
+  done
+  for bm in 128 64; do  # timing without poison (its NaN fills would be timed too)
+    MOELORA_BM=$bm timeout 200 python3 dev/check_and_time.py --time-only 2>&1 | tee "$OUT/time$bm.log"
+  done
+fi
+if has tests; then
+  start=$(date +%s)
+  timeout 300 python3 -m pytest -q -x -rs tests/test_kernel.py 2>&1 | tee "$OUT/tests.log" | tail -25
+  echo "tests: $(( $(date +%s) - start )) s"
+fi
+if has bench; then
+  q=""; has quick && q="--quick"
+  timeout 400 python3 bench.py $q --json="$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi

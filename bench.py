@@ -13,6 +13,8 @@ plus its adapter, forward, backward and both, for
   lora64   plain LoRA of rank 64 (the same parameter count) in eager PyTorch, as LoRALinear computes it
   kernel   our CUDA kernel (moelora.moelora(..., impl="cuda"))
   klora64  our kernel as plain LoRA (E=1, r=64)
+  fused    our kernel with the frozen layer in one op (moelora.moelora_linear_cuda): the kernel adds its
+           output into the frozen layer's, and its dx into the frozen layer's dx
   base     the frozen layer alone
 "path" is a variant's forward+backward minus the frozen layer's, in the same run. Its floor is 14*N*d
 bytes (bf16) moved at the copy bandwidth measured in this run (never a datasheet number): the adapter
@@ -84,8 +86,8 @@ def moe_loop(x, A, B, gates, scaling):
     return y
 
 
-def layer_variants(d, dtype, gen):
-    """{name: (adapter(x, gates) -> delta or None, parameters to differentiate, uses gates)}."""
+def layer_variants(d, dtype, gen, base):
+    """{name: (layer(x, gates) -> y, parameters to differentiate, uses gates)}."""
     def param(*shape, std):
         return (torch.randn(*shape, device="cuda", generator=gen) * std).to(dtype).requires_grad_()
     A, B = param(E, R_EXPERT, d, std=d ** -0.5), param(E, d, R_EXPERT, std=R_EXPERT ** -0.5)
@@ -99,12 +101,13 @@ def layer_variants(d, dtype, gen):
         return moelora.moelora(x, A64[None], B64[None], ones[n], SCALING, impl="cuda")
 
     return {
-        "loop": (lambda x, g: moe_loop(x, A, B, g, SCALING), [A, B], True),
-        "ref": (lambda x, g: moelora.moelora_ref(x, A, B, g, SCALING), [A, B], True),
-        "lora64": (lambda x, g: SCALING * ((x @ A64.T) @ B64.T), [A64, B64], False),
-        "kernel": (lambda x, g: moelora.moelora(x, A, B, g, SCALING, impl="cuda"), [A, B], True),
-        "klora64": (kernel_lora, [A64, B64], False),
-        "base": (None, [], False),
+        "loop": (lambda x, g: base(x) + moe_loop(x, A, B, g, SCALING), [A, B], True),
+        "ref": (lambda x, g: base(x) + moelora.moelora_ref(x, A, B, g, SCALING), [A, B], True),
+        "lora64": (lambda x, g: base(x) + SCALING * ((x @ A64.T) @ B64.T), [A64, B64], False),
+        "kernel": (lambda x, g: base(x) + moelora.moelora(x, A, B, g, SCALING, impl="cuda"), [A, B], True),
+        "klora64": (lambda x, g: base(x) + kernel_lora(x, g), [A64, B64], False),
+        "fused": (lambda x, g: moelora.moelora_linear_cuda(x, base.weight, base.bias, A, B, g, SCALING), [A, B], True),
+        "base": (lambda x, g: base(x), [], False),
     }
 
 
@@ -122,11 +125,10 @@ def bench_layer(d, N, quick, bw):
         sets.append((x, dy, gates.to(dtype).requires_grad_()))
     warmup, reps = (2, 5) if quick else (3, 20)
     rows = {}
-    for name, (adapter, params, uses_gates) in layer_variants(d, dtype, gen).items():
+    for name, (layer, params, uses_gates) in layer_variants(d, dtype, gen, base).items():
         def forward(i):
             x, dy, g = sets[i]
-            y = base(x) if adapter is None else base(x) + adapter(x, g)
-            return y, dy, [x] + params + ([g] if uses_gates else [])
+            return layer(x, g), dy, [x] + params + ([g] if uses_gates else [])
 
         def both(i):
             y, dy, wrt = forward(i)
@@ -180,8 +182,11 @@ def layer_targets(results):
         out.append((f"{tag}: path(loop) / path(kernel) >= {need}", p["loop"] / p["kernel"],
                     p["loop"] >= need * p["kernel"]))
         if res in largest:
-            pct = res["rows"]["kernel"]["pct_of_floor"]
-            out.append((f"{tag}: path(kernel) at >= 60% of the 14*N*d floor (%)", pct, pct >= 60))
+            for v in ("kernel", "fused"):
+                pct = res["rows"][v]["pct_of_floor"]
+                out.append((f"{tag}: path({v}) at >= 60% of the 14*N*d floor (%)", pct, pct >= 60))
+        out.append((f"{tag}: path(fused) / path(eager LoRA r64) <= 1", p["fused"] / p["lora64"],
+                    p["fused"] <= p["lora64"]))
     return out
 
 

@@ -11,6 +11,11 @@
  *       hg (N, RP) are kept for the backward (RP = E*r rounded up to 64).
  *   bwd(dy, x, A, B, gates, h, hg, scaling, need_dx) -> (dx, dA, dB, dgates)
  *       dx is an empty placeholder when need_dx is false.
+ *   linear_fwd(x, weight, bias, A, B, gates, scaling) -> (y, h, hg)
+ *   linear_bwd(dy, x, weight, A, B, gates, h, hg, scaling, need_dx) -> (dx, dA, dB, dgates)
+ *       the frozen layer and its adapter in one: y = F.linear(x, weight, bias) + the op's y, the kernel
+ *       adding its output into cuBLAS's (and, backward, its dx into dy @ weight) instead of leaving
+ *       two tensors for a separate add. No gradient for weight and bias (frozen).
  *
  * Build: moelora.load_kernel() JIT-builds this file and moelora.cu with ninja, or setup.py builds them
  * ahead of time. Test: python -m pytest tests/test_kernel.py (on a machine with a GPU).
@@ -28,10 +33,10 @@ int device_smem_limit();  // of the current device
 int device_major();
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, const at::Tensor& A,
                                                             const at::Tensor& B, const at::Tensor& gates,
-                                                            double scaling);
+                                                            double scaling, const at::Tensor& y_init);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const at::Tensor& gates,
-    const at::Tensor& h, const at::Tensor& hg, double scaling, bool need_dx);
+    const at::Tensor& h, const at::Tensor& hg, double scaling, bool need_dx, const at::Tensor& dx_init);
 }  // namespace moelora
 
 namespace {
@@ -84,13 +89,11 @@ void check_inputs(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                                                    const at::Tensor& gates, double scaling) {
   check_inputs(x, A, B, gates);
-  return moelora::forward_cuda(x, A, B, gates, scaling);
+  return moelora::forward_cuda(x, A, B, gates, scaling, at::Tensor());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& x,
-                                                               const at::Tensor& A, const at::Tensor& B,
-                                                               const at::Tensor& gates, const at::Tensor& h,
-                                                               const at::Tensor& hg, double scaling, bool need_dx) {
+void check_bwd_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
+                      const at::Tensor& gates, const at::Tensor& h, const at::Tensor& hg) {
   check_inputs(x, A, B, gates);
   const int64_t N = x.size(0), RP = (A.size(0) * A.size(1) + 63) / 64 * 64;
   check_tensor(dy, "dy", x);
@@ -102,7 +105,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor&
   TORCH_CHECK(h.dim() == 2 && h.size(0) == N && h.size(1) == RP && hg.dim() == 2 && hg.size(0) == N &&
                   hg.size(1) == RP,
               "moelora CUDA kernel: h and hg must be (N, RP) = (", N, ", ", RP, ") as the forward returned them");
-  return moelora::backward_cuda(dy, x, A, B, gates, h, hg, scaling, need_dx);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& x,
+                                                               const at::Tensor& A, const at::Tensor& B,
+                                                               const at::Tensor& gates, const at::Tensor& h,
+                                                               const at::Tensor& hg, double scaling, bool need_dx) {
+  check_bwd_inputs(dy, x, A, B, gates, h, hg);
+  return moelora::backward_cuda(dy, x, A, B, gates, h, hg, scaling, need_dx, at::Tensor());
+}
+
+void check_weight(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                  int64_t d_out) {
+  check_tensor(weight, "weight", x);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == d_out && weight.size(1) == x.size(1),
+              "moelora CUDA kernel: weight is ", weight.sizes(), ", expected (d_out, d_in) = (", d_out, ", ",
+              x.size(1), ")");
+  if (bias.has_value()) {
+    check_tensor(*bias, "bias", x);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == d_out, "moelora CUDA kernel: bias is ", bias->sizes(),
+                ", expected (", d_out, ")");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd(const at::Tensor& x, const at::Tensor& weight,
+                                                          const std::optional<at::Tensor>& bias,
+                                                          const at::Tensor& A, const at::Tensor& B,
+                                                          const at::Tensor& gates, double scaling) {
+  check_inputs(x, A, B, gates);
+  check_weight(x, weight, bias, B.size(1));
+  at::Tensor y = at::linear(x, weight, bias).contiguous();  // (N, d_out), the kernel adds into it
+  return moelora::forward_cuda(x, A, B, gates, scaling, y);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_bwd(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& gates, const at::Tensor& h, const at::Tensor& hg, double scaling, bool need_dx) {
+  check_bwd_inputs(dy, x, A, B, gates, h, hg);
+  check_weight(x, weight, std::nullopt, B.size(1));
+  at::Tensor dx = need_dx ? at::mm(dy, weight).contiguous() : at::Tensor();  // the kernel adds into it
+  return moelora::backward_cuda(dy, x, A, B, gates, h, hg, scaling, need_dx, dx);
 }
 
 }  // namespace
@@ -111,17 +153,25 @@ TORCH_LIBRARY(moelora, m) {
   m.def("fwd(Tensor x, Tensor A, Tensor B, Tensor gates, float scaling) -> (Tensor, Tensor, Tensor)");
   m.def("bwd(Tensor dy, Tensor x, Tensor A, Tensor B, Tensor gates, Tensor h, Tensor hg, float scaling, "
         "bool need_dx) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor A, Tensor B, Tensor gates, float scaling) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("linear_bwd(Tensor dy, Tensor x, Tensor weight, Tensor A, Tensor B, Tensor gates, Tensor h, Tensor hg, "
+        "float scaling, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(moelora, CUDA, m) {
   m.impl("fwd", &fwd);
   m.impl("bwd", &bwd);
+  m.impl("linear_fwd", &linear_fwd);
+  m.impl("linear_bwd", &linear_bwd);
 }
 
 // CPU tensors reach the same checks, which say that the kernel needs CUDA tensors
 TORCH_LIBRARY_IMPL(moelora, CPU, m) {
   m.impl("fwd", &fwd);
   m.impl("bwd", &bwd);
+  m.impl("linear_fwd", &linear_fwd);
+  m.impl("linear_bwd", &linear_bwd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -198,11 +198,12 @@ __device__ __forceinline__ void load_b_tile(T* s, const T* B, int d_out, int r, 
   }
 }
 
-// A warp writes its 16 rows x 64 columns of acc (times `mul`) to out_s, then to global rows
-// [row0, row0+16) x cols [c0, c0+64) of a row-major (nrows x ncols, pitch ld) matrix, 16 bytes a store.
+// A warp writes its 16 rows x 64 columns of acc to out_s, then to global rows [row0, row0+16) x cols
+// [c0, c0+64) of a row-major (nrows x ncols, pitch ld) matrix, 16 bytes a store. With accumulate, adds
+// them to what is there (rounding like eager PyTorch's `base + delta`: delta to T first, then the sum).
 template <typename T>
 __device__ __forceinline__ void store_warp_tile(const float (&acc)[8][4], T* out_s, T* g, int64_t ld, int nrows,
-                                                int ncols, int row0, int c0) {
+                                                int ncols, int row0, int c0, bool accumulate) {
   constexpr int VEC = Geo<T>::VEC, P = kTile + Geo<T>::PAD;
   const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -218,8 +219,18 @@ __device__ __forceinline__ void store_warp_tile(const float (&acc)[8][4], T* out
   for (int v = lane; v < 16 * kTile / VEC; v += 32) {
     const int rr = v / (kTile / VEC), cc = (v % (kTile / VEC)) * VEC;
     const int row = row0 + rr, col = c0 + cc;
-    if (row < nrows && col < ncols)
-      *reinterpret_cast<uint4*>(g + row * ld + col) = *reinterpret_cast<const uint4*>(out_s + rr * P + cc);
+    if (row < nrows && col < ncols) {
+      uint4 v = *reinterpret_cast<const uint4*>(out_s + rr * P + cc);
+      uint4* dst = reinterpret_cast<uint4*>(g + row * ld + col);
+      if (accumulate) {
+        const uint4 old = *dst;
+        T* pv = reinterpret_cast<T*>(&v);
+        const T* po = reinterpret_cast<const T*>(&old);
+#pragma unroll
+        for (int u = 0; u < VEC; ++u) pv[u] = from_f<T>(to_f(pv[u]) + to_f(po[u]));
+      }
+      *dst = v;
+    }
   }
   __syncwarp();
 }
@@ -253,7 +264,7 @@ template <typename T, int BM>
 __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
     const T* __restrict__ x, const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ gates,
     T* __restrict__ y, float* __restrict__ h, T* __restrict__ hg,
-    int N, int d_in, int d_out, int E, int r, float scaling, bool b_vec) {
+    int N, int d_in, int d_out, int E, int r, float scaling, bool b_vec, bool accumulate) {
   constexpr int THREADS = 2 * BM, KC = Geo<T>::KC, PAD = Geo<T>::PAD;
   using S = FwdSmem<T, BM>;
   const int R = E * r, RP = round_up(R, kTile);
@@ -331,7 +342,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
                             KC + PAD, KC);
     if (jc == nj - 1) {
       store_warp_tile<T>(acc, out_s + wrow * (kTile + PAD), y + (int64_t)n0 * d_out, d_out, N - n0, d_out, wrow,
-                         (it / nj) * kTile);
+                         (it / nj) * kTile, accumulate);
       zero(acc);
     }
   }
@@ -361,7 +372,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
     const T* __restrict__ dy, const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ gates,
     const float* __restrict__ h, T* __restrict__ dx, T* __restrict__ dh, T* __restrict__ dgates,
     int* __restrict__ counters, int n_counters, int N, int d_in, int d_out, int E, int r, float scaling, bool b_vec,
-    bool need_dx) {
+    bool need_dx, bool accumulate) {
   constexpr int THREADS = 2 * BM, KC = Geo<T>::KC, PAD = Geo<T>::PAD;
   using S = BwdDxSmem<T, BM>;
   const int R = E * r, RP = round_up(R, kTile);
@@ -462,7 +473,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
                              kTile + PAD, KC);
     if (jc == nj - 1) {
       store_warp_tile<T>(acc, out_s + wrow * (kTile + PAD), dx + (int64_t)n0 * d_in, d_in, N - n0, d_in, wrow,
-                         (it / nj) * kTile);
+                         (it / nj) * kTile, accumulate);
       zero(acc);
     }
   }
@@ -606,7 +617,7 @@ int pick_bm(int RP, size_t (*bytes128)(int)) {
 
 template <typename T>
 void launch_fwd(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const at::Tensor& gates, float scaling,
-                at::Tensor& y, at::Tensor& h, at::Tensor& hg) {
+                at::Tensor& y, at::Tensor& h, at::Tensor& hg, bool accumulate) {
   const int N = x.size(0), d_in = x.size(1), E = A.size(0), r = A.size(1), d_out = B.size(1);
   const int RP = round_up(E * r, kTile);
   const bool b_vec = r % Geo<T>::VEC == 0;
@@ -623,12 +634,12 @@ void launch_fwd(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, c
     const size_t smem = FwdSmem<T, 128>::bytes(RP);
     set_smem(moelora_fwd_kernel<T, 128>, smem);
     moelora_fwd_kernel<T, 128><<<cdiv(N, 128), 256, smem, stream>>>(px, pA, pB, pg, py, ph, phg, N, d_in, d_out, E,
-                                                                      r, scaling, b_vec);
+                                                                      r, scaling, b_vec, accumulate);
   } else {
     const size_t smem = FwdSmem<T, 64>::bytes(RP);
     set_smem(moelora_fwd_kernel<T, 64>, smem);
     moelora_fwd_kernel<T, 64><<<cdiv(N, 64), 128, smem, stream>>>(px, pA, pB, pg, py, ph, phg, N, d_in, d_out, E, r,
-                                                                    scaling, b_vec);
+                                                                    scaling, b_vec, accumulate);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -636,7 +647,7 @@ void launch_fwd(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, c
 template <typename T>
 void launch_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                 const at::Tensor& gates, const at::Tensor& h, const at::Tensor& hg, float scaling, bool need_dx,
-                at::Tensor& dx, at::Tensor& dA, at::Tensor& dB, at::Tensor& dgates) {
+                bool accumulate, at::Tensor& dx, at::Tensor& dA, at::Tensor& dB, at::Tensor& dgates) {
   const int N = x.size(0), d_in = x.size(1), E = A.size(0), r = A.size(1), d_out = B.size(1);
   const int RP = round_up(E * r, kTile);
   const bool b_vec = r % Geo<T>::VEC == 0;
@@ -672,12 +683,12 @@ void launch_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& A, 
     const size_t smem = BwdDxSmem<T, 128>::bytes(RP);
     set_smem(moelora_bwd_dx_kernel<T, 128>, smem);
     moelora_bwd_dx_kernel<T, 128><<<cdiv(N, 128), 256, smem, stream>>>(
-        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx);
+        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx, accumulate);
   } else {
     const size_t smem = BwdDxSmem<T, 64>::bytes(RP);
     set_smem(moelora_bwd_dx_kernel<T, 64>, smem);
     moelora_bwd_dx_kernel<T, 64><<<cdiv(N, 64), 128, smem, stream>>>(
-        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx);
+        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx, accumulate);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -713,32 +724,38 @@ size_t smem_needed(at::ScalarType dtype, int R) {
 int device_smem_limit() { return smem_limit(); }
 int device_major() { return attribute(cudaDevAttrComputeCapabilityMajor); }
 
+// y_init, when defined, is a contiguous (N, d_out) tensor the adapter's output is added to, in place
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, const at::Tensor& A,
                                                             const at::Tensor& B, const at::Tensor& gates,
-                                                            double scaling) {
+                                                            double scaling, const at::Tensor& y_init) {
   const at::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), E = A.size(0), r = A.size(1), d_out = B.size(1);
   const int64_t RP = round_up(int(E * r), kTile);
-  at::Tensor y = new_tensor({N, d_out}, x.options());
+  const bool accumulate = y_init.defined();
+  at::Tensor y = accumulate ? y_init : new_tensor({N, d_out}, x.options());
   at::Tensor h = new_tensor({N, RP}, x.options().dtype(at::kFloat));
   at::Tensor hg = new_tensor({N, RP}, x.options());
-  if (N > 0) MOELORA_DISPATCH(x.scalar_type(), T, launch_fwd<T>(x, A, B, gates, float(scaling), y, h, hg));
+  if (N > 0) MOELORA_DISPATCH(x.scalar_type(), T, launch_fwd<T>(x, A, B, gates, float(scaling), y, h, hg, accumulate));
   return {y, h, hg};
 }
 
+// dx_init, when defined (and need_dx), is a contiguous (N, d_in) tensor the adapter's dx is added to, in place
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const at::Tensor& gates,
-    const at::Tensor& h, const at::Tensor& hg, double scaling, bool need_dx) {
+    const at::Tensor& h, const at::Tensor& hg, double scaling, bool need_dx, const at::Tensor& dx_init) {
   const at::cuda::CUDAGuard guard(x.device());
+  const bool accumulate = need_dx && dx_init.defined();
   // without need_dx, dx is an empty placeholder (the schema returns a tensor)
-  at::Tensor dx = need_dx ? new_tensor(x.sizes(), x.options()) : at::empty({0}, x.options());
-  if (x.size(0) == 0)  // no tokens: the weight gradients are zero
+  at::Tensor dx = accumulate ? dx_init : need_dx ? new_tensor(x.sizes(), x.options()) : at::empty({0}, x.options());
+  if (x.size(0) == 0) {  // no tokens: the weight gradients are zero
+    if (need_dx && !accumulate) dx.zero_();
     return {dx, at::zeros_like(A), at::zeros_like(B), at::zeros_like(gates)};
+  }
   at::Tensor dA = new_tensor(A.sizes(), A.options());
   at::Tensor dB = new_tensor(B.sizes(), B.options());
   at::Tensor dgates = new_tensor(gates.sizes(), gates.options());
   MOELORA_DISPATCH(x.scalar_type(), T,
-                   launch_bwd<T>(dy, x, A, B, gates, h, hg, float(scaling), need_dx, dx, dA, dB, dgates));
+                   launch_bwd<T>(dy, x, A, B, gates, h, hg, float(scaling), need_dx, accumulate, dx, dA, dB, dgates));
   return {dx, dA, dB, dgates};
 }
 

@@ -18,6 +18,7 @@ import statistics
 import sys
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import moelora  # noqa: E402
@@ -46,6 +47,18 @@ def check(N, d_in, d_out, E, r, dtype, gen):
     ref = fwd_bwd(moelora.moelora_ref, [t.double() for t in low], dy.to(dtype).double(), 1.5)
     pt = fwd_bwd(moelora.moelora_ref, low, dy.to(dtype), 1.5)
     ours = fwd_bwd(moelora.moelora_cuda, low, dy.to(dtype), 1.5)
+    report(N, d_in, d_out, E, r, dtype, "op   ", ours, pt, ref)
+    # the fused layer: F.linear(x, W, b) + the op, the adds inside the kernel
+    W = (torch.randn(d_out, d_in, device="cuda", generator=gen) / d_in ** 0.5).to(dtype)
+    b = torch.randn(d_out, device="cuda", generator=gen).to(dtype)
+    ref = fwd_bwd(lambda x, *a: F.linear(x, W.double(), b.double()) + moelora.moelora_ref(x, *a),
+                  [t.double() for t in low], dy.to(dtype).double(), 1.5)
+    pt = fwd_bwd(lambda x, *a: F.linear(x, W, b) + moelora.moelora_ref(x, *a), low, dy.to(dtype), 1.5)
+    ours = fwd_bwd(lambda x, *a: moelora.moelora_linear_cuda(x, W, b, *a), low, dy.to(dtype), 1.5)
+    report(N, d_in, d_out, E, r, dtype, "fused", ours, pt, ref)
+
+
+def report(N, d_in, d_out, E, r, dtype, what, ours, pt, ref):
     worst = 0.0
     cells = []
     for name, o, p, rr in zip(["y", "dx", "dA", "dB", "dg"], ours, pt, ref):
@@ -57,7 +70,7 @@ def check(N, d_in, d_out, E, r, dtype, gen):
         cells.append(f"{name} {e:.1e}/{ep:.1e}{' NaN=' + str(nan) if nan else ''}{' BAD' if bad else ''}")
         if bad:
             check.failures += 1
-    print(f"  N={N:5d} d_in={d_in:4d} d_out={d_out:4d} E={E:2d} r={r:2d} {str(dtype)[6:]:8s} | " + "  ".join(cells))
+    print(f"  {what} N={N:5d} d_in={d_in:4d} d_out={d_out:4d} E={E:2d} r={r:2d} {str(dtype)[6:]:8s} | " + "  ".join(cells))
 
 
 check.failures = 0

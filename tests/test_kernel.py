@@ -87,6 +87,38 @@ def test_kernel_matches_reference(shape, pattern, dtype):
 
 
 @cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("shape", [(129, 200, 72, 8, 8), (1031, 768, 256, 8, 2), (100, 64, 136, 3, 48)],
+                         ids=lambda s: "N{}_din{}_dout{}_E{}_r{}".format(*s))
+def test_fused_linear_matches_reference(shape, dtype):
+    # moelora_linear_cuda: the frozen layer plus its adapter, the adds done inside the kernel
+    N, d_in, d_out, E, r = shape
+    x, A, B, gates, dy = make_inputs(*shape, "zipf", dtype, seed=sum(shape) + 1)
+    g = torch.Generator().manual_seed(7)
+    W = (torch.randn(d_out, d_in, generator=g, dtype=torch.float64) / d_in ** 0.5).to(dtype).double().cuda()
+    b = torch.randn(d_out, generator=g, dtype=torch.float64).to(dtype).double().cuda()
+
+    def layer_ref(x, A, B, gates, scaling):
+        return torch.nn.functional.linear(x, W.to(x.dtype), b.to(x.dtype)) + moelora.moelora_ref(x, A, B, gates, scaling)
+
+    def layer_fused(x, A, B, gates, scaling):
+        return moelora.moelora_linear_cuda(x, W.to(x.dtype), b.to(x.dtype), A, B, gates, scaling)
+
+    ref = forward_backward(layer_ref, x, A, B, gates, dy, 0.9, torch.float64)
+    torch_lowp = forward_backward(layer_ref, x, A, B, gates, dy, 0.9, dtype)
+    ours = forward_backward(layer_fused, x, A, B, gates, dy, 0.9, dtype)
+    check_against_fp64(f"fused {shape}", dtype, ours, torch_lowp, ref)
+
+
+@cuda
+def test_fused_linear_needs_a_frozen_weight():
+    x, A, B, gates = _op_inputs()
+    W = torch.zeros(24, 32, device="cuda", dtype=x.dtype, requires_grad=True)
+    with pytest.raises(ValueError, match="must be frozen"):
+        moelora.moelora_linear_cuda(x, W, None, A, B, gates, 1.0)
+
+
+@cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
 def test_noncontiguous_and_misaligned_inputs(dtype):
     # slices of larger tensors, and a view that starts 2 elements into its storage: the same result as

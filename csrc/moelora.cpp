@@ -7,7 +7,7 @@
  *
  *   fwd(x, A, B, gates, scaling) -> (y, h, hg)
  *       x (N, d_in), A (E, r, d_in), B (E, d_out, r), gates (N, E): one dtype (float32, bfloat16 or
- *       float16), one CUDA device, contiguous. y (N, d_out) is the op's output; h (N, RP) float32 and
+ *       float16), one CUDA device, contiguous (a view at an offset that is not 16-byte aligned is copied). y (N, d_out) is the op's output; h (N, RP) float32 and
  *       hg (N, RP) are kept for the backward (RP = E*r rounded up to 64).
  *   bwd(dy, x, A, B, gates, h, hg, scaling, need_dx) -> (dx, dA, dB, dgates)
  *       dx is an empty placeholder when need_dx is false.
@@ -48,8 +48,12 @@ void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), "moelora CUDA kernel: ", name, " is ", t.scalar_type(),
               " but x is ", x.scalar_type(), "; all inputs must share one dtype");
   TORCH_CHECK(t.is_contiguous(), "moelora CUDA kernel: ", name, " must be contiguous (call .contiguous())");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "moelora CUDA kernel: ", name,
-              " must start on a 16-byte boundary (it is a view at an odd offset; pass a .clone())");
+}
+
+// The kernels move 16-byte vectors: a contiguous view that starts at an odd offset is copied first. (A
+// caller cannot easily see this, and torch.compile cannot trace a storage-offset test in Python.)
+at::Tensor aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 ? t.clone() : t;
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const at::Tensor& gates) {
@@ -89,7 +93,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                                                    const at::Tensor& gates, double scaling) {
   check_inputs(x, A, B, gates);
-  return moelora::forward_cuda(x, A, B, gates, scaling, at::Tensor());
+  return moelora::forward_cuda(aligned(x), aligned(A), aligned(B), aligned(gates), scaling, at::Tensor());
 }
 
 void check_bwd_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
@@ -112,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor&
                                                                const at::Tensor& gates, const at::Tensor& h,
                                                                const at::Tensor& hg, double scaling, bool need_dx) {
   check_bwd_inputs(dy, x, A, B, gates, h, hg);
-  return moelora::backward_cuda(dy, x, A, B, gates, h, hg, scaling, need_dx, at::Tensor());
+  return moelora::backward_cuda(aligned(dy), aligned(x), aligned(A), aligned(B), aligned(gates), aligned(h),
+                                aligned(hg), scaling, need_dx, at::Tensor());
 }
 
 void check_weight(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -135,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd(const at::Tensor& x, c
   check_inputs(x, A, B, gates);
   check_weight(x, weight, bias, B.size(1));
   at::Tensor y = at::linear(x, weight, bias).contiguous();  // (N, d_out), the kernel adds into it
-  return moelora::forward_cuda(x, A, B, gates, scaling, y);
+  return moelora::forward_cuda(aligned(x), aligned(A), aligned(B), aligned(gates), scaling, aligned(y));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_bwd(
@@ -143,8 +148,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_bwd(
     const at::Tensor& gates, const at::Tensor& h, const at::Tensor& hg, double scaling, bool need_dx) {
   check_bwd_inputs(dy, x, A, B, gates, h, hg);
   check_weight(x, weight, std::nullopt, B.size(1));
-  at::Tensor dx = need_dx ? at::mm(dy, weight).contiguous() : at::Tensor();  // the kernel adds into it
-  return moelora::backward_cuda(dy, x, A, B, gates, h, hg, scaling, need_dx, dx);
+  at::Tensor dx = need_dx ? aligned(at::mm(dy, weight).contiguous()) : at::Tensor();  // the kernel adds into it
+  return moelora::backward_cuda(aligned(dy), aligned(x), aligned(A), aligned(B), aligned(gates), aligned(h),
+                                aligned(hg), scaling, need_dx, dx);
 }
 
 }  // namespace

@@ -608,10 +608,10 @@ int attribute(cudaDeviceAttr what) {  // of the current device
 
 int smem_limit() { return attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
-// Token rows per block: 128 while the rank tile leaves room for it, else 64. MOELORA_BM overrides (dev).
+// Token rows per block: 128 while the rank tile leaves room for it, else 64. MOELORA_BM=64 forces 64 (dev).
 int pick_bm(int RP, size_t (*bytes128)(int)) {
   static const int forced = std::getenv("MOELORA_BM") ? std::atoi(std::getenv("MOELORA_BM")) : 0;
-  if (forced == 64 || forced == 128) return forced;
+  if (forced == 64) return 64;
   return bytes128(RP) <= size_t(smem_limit()) ? 128 : 64;
 }
 

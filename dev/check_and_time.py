@@ -126,7 +126,7 @@ def time_shape(N, d, E, r, bw):
     B = (torch.randn(E, d, r, device="cuda", generator=gen) / r ** 0.5).to(dt)
     gl = []
     for _ in range(sets):
-        top = torch.randn(N, E, device="cuda", generator=gen).topk(2, -1)
+        top = torch.randn(N, E, device="cuda", generator=gen).topk(min(2, E), -1)
         gl.append(torch.zeros(N, E, device="cuda").scatter(1, top.indices, top.values.softmax(-1)).to(dt))
     outs = [torch.ops.moelora.fwd(xs[i], A, B, gl[i], 2.0) for i in range(sets)]
     fwd = lambda i: torch.ops.moelora.fwd(xs[i % sets], A, B, gl[i % sets], 2.0)  # noqa: E731

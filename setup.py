@@ -12,7 +12,23 @@ elsewhere the install is pure Python and the kernel is JIT-built on first use on
 from setuptools import setup
 
 # === CUDA extension: begin ===
+# The kernel (csrc/) as the module moelora_cuda_ext, built only where torch has CUDA and nvcc is found
+# (CUDA_HOME); elsewhere nothing is built and moelora.load_kernel() JIT-builds csrc/ on first use. pip
+# builds in an isolated environment without torch unless told not to:
+#     pip install --no-build-isolation -e .      # TORCH_CUDA_ARCH_LIST picks the GPUs (default 8.0;9.0)
 ext_modules, cmdclass = [], {}
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+except ImportError:
+    torch = None
+if torch is not None and torch.version.cuda is not None and CUDA_HOME is not None:
+    import os
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")  # the kernel needs sm_80 or newer
+    ext_modules = [CUDAExtension("moelora_cuda_ext", ["csrc/moelora.cpp", "csrc/moelora.cu"],
+                                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})]
+    cmdclass = {"build_ext": BuildExtension}
 # === CUDA extension: end ===
 
 setup(

@@ -50,7 +50,7 @@ def moelora_ref(x, A, B, gates, scaling):
     E, r, d_in = A.shape
     d_out = B.shape[1]
     h = x @ A.reshape(E * r, d_in).T  # (N, E*r) every expert's down-projection at once
-    h = h * gates.repeat_interleave(r, dim=1)  # (N, E*r) weight expert e's r columns by gates[:, e]
+    h = (h.view(-1, E, r) * gates[:, :, None]).view(-1, E * r)  # (N, E*r) expert e's r columns times gates[:, e]
     B_cat = B.permute(1, 0, 2).reshape(d_out, E * r)  # (d_out, E*r), column e*r+j = B[e][:, j]
     return scaling * (h @ B_cat.T)  # (N, d_out)
 
@@ -362,13 +362,12 @@ class Router(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x):
-        # routing decisions are fragile in low precision: the logits and softmax run in float32
-        x = x.float()
         if self.training and self.jitter > 0:
             # Switch Transformer's multiplicative input jitter, which explores other routings
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        with torch.autocast(x.device.type, enabled=False):
-            logits = x @ self.weight.float().T  # (N, E)
+        # the matmul reads x in its own dtype (a float32 copy of a bf16 x would cost more than the adapter)
+        # and accumulates in float32; the softmax, where routing decisions are made, runs in float32
+        logits = F.linear(x, self.weight.to(x.dtype)).float()  # (N, E)
         probs = F.softmax(logits, dim=-1)  # (N, E)
         gates, chosen = self.select(probs)
         return Routing(gates=gates, probs=probs, chosen=chosen)
@@ -393,6 +392,7 @@ class MoELoRALinear(nn.Module):
     After each forward the layer keeps, for the training loss and for logging:
       aux_losses: {"balance": scalar, "contrastive": scalar (training only, when enabled)}
       routing_stats: {"load": (E,) fraction of (token, slot) pairs per expert, "entropy": scalar}
+        (computed when asked for, so that steps which do not log pay nothing for them)
     moelora.collect_aux(model) gathers them from every layer.
     """
 
@@ -423,7 +423,7 @@ class MoELoRALinear(nn.Module):
         self.contrastive_tokens = contrastive_tokens
         self.impl = impl
         self.aux_losses = {}
-        self.routing_stats = {}
+        self._last_routing = None
 
     def forward(self, x):
         y = self.base(x)
@@ -438,15 +438,23 @@ class MoELoRALinear(nn.Module):
         return y + delta.view(*shape[:-1], -1)
 
     def _record(self, routing, x, A, B):
-        """Keep this step's auxiliary losses and routing statistics on the layer."""
+        """Keep this step's auxiliary losses, and its routing for the statistics, on the layer."""
         self.aux_losses = {"balance": balance_loss(routing.probs, routing.chosen)}
         if self.training and self.contrastive != "none":
             self.aux_losses["contrastive"] = CONTRASTIVE_LOSSES[self.contrastive](
-                x, A, B, routing.chosen, self.contrastive_tau, self.contrastive_tokens)
-        with torch.no_grad():
-            load = routing.chosen.float().mean(0) / self.top_k  # (E,) sums to 1
-            entropy = -(routing.probs * routing.probs.clamp(min=1e-9).log()).sum(-1).mean()
-        self.routing_stats = {"load": load, "entropy": entropy}
+                x, A, B, routing.chosen, self.contrastive_tau, self.contrastive_tokens, self.top_k)
+        self._last_routing = (routing.probs.detach(), routing.chosen)
+
+    @property
+    def routing_stats(self):
+        """Expert load (E,), the share of (token, slot) pairs each expert got, and the router's mean entropy
+        (nats; ln E is uniform), over the tokens of the last forward."""
+        if self._last_routing is None:
+            return {}
+        probs, chosen = self._last_routing
+        load = chosen.float().sum(0) / chosen.float().sum()  # (E,) sums to 1
+        entropy = -(probs * probs.clamp(min=1e-9).log()).sum(-1).mean()
+        return {"load": load, "entropy": entropy}
 
     def extra_repr(self):
         return (f"n_experts={self.n_experts}, top_k={self.top_k}, r={self.r}, scaling={self.scaling:g}, "
@@ -484,33 +492,40 @@ def _expert_outputs(x, A, B):
     return F.normalize(o, dim=-1, eps=1e-6)
 
 
-def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens):
+def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens, top_k):
     """Supervised contrastive (InfoNCE) loss over expert outputs, labelled by expert.
 
     On a random subsample of tokens, each chosen expert's unit-length output B_e A_e x is labelled e.
     For every output, the outputs of the same expert (on other tokens) are positives and all others are
     negatives; the loss is low when each expert's outputs point one way and other experts' elsewhere.
-    x (N, d_in), A (E, r, d_in), B (E, d_out, r), chosen (N, E) bool.
+    x (N, d_in), A (E, r, d_in), B (E, d_out, r), chosen (N, E) bool; top_k: the slots per token (a token
+    with fewer chosen experts leaves slots empty; one with more contributes top_k of them).
+
+    The outputs sit in a fixed S x top_k grid of slots, empty ones masked out, rather than being selected:
+    no shape depends on the routing, so there is no host synchronisation and torch.compile can trace it.
     """
     keep = _subsample(x.shape[0], n_tokens, x.device)
     o = _expert_outputs(x[keep], A, B)  # (S, E, d_out)
-    mask = chosen[keep]  # (S, E)
-    z = o[mask]  # (M, d_out), M = S*k outputs
-    labels = mask.nonzero()[:, 1]  # (M,) expert of each output
-    sim = z @ z.T / tau  # (M, M)
-    self_pair = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(self_pair, float("-inf"))  # an output is not its own positive
-    positive = (labels[:, None] == labels[None, :]) & ~self_pair  # (M, M)
+    S, _, d_out = o.shape
+    filled, expert = chosen[keep].float().topk(top_k, dim=1)  # (S, k): each token's chosen experts first
+    z = o.gather(1, expert[:, :, None].expand(S, top_k, d_out)).reshape(S * top_k, d_out)  # (M, d_out)
+    valid = filled.reshape(-1) > 0  # (M,) slots holding a chosen expert's output
+    label = expert.reshape(-1)  # (M,) the expert of each slot
+    self_pair = torch.eye(S * top_k, dtype=torch.bool, device=x.device)  # (M, M)
+    others = valid[None, :] & ~self_pair  # (M, M) what each output is contrasted with
+    positive = others & (label[:, None] == label[None, :])  # (M, M) the same expert on other tokens
+    # an output with nothing to contrast keeps itself in the softmax, only to stay finite (it is no anchor)
+    in_softmax = others | (self_pair & ~others.any(1, keepdim=True))
+    sim = (z @ z.T / tau).masked_fill(~in_softmax, float("-inf"))  # (M, M)
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (M, M)
-    has_pos = positive.any(1)
-    if not has_pos.any():  # e.g. a single token with distinct experts: nothing to contrast yet
-        return sim.new_zeros(())
-    # mean log-probability of the positives, for each anchor that has one
-    pos_log_prob = log_prob.masked_fill(~positive, 0.0).sum(1)[has_pos] / positive.sum(1)[has_pos]
-    return -pos_log_prob.mean()
+    n_pos = positive.sum(1)  # (M,)
+    anchor = valid & (n_pos > 0)  # (M,) chosen outputs with at least one positive
+    # mean log-probability of each anchor's positives, then the mean over anchors
+    per_anchor = torch.where(positive, log_prob, 0.0).sum(1) / n_pos.clamp(min=1)  # (M,)
+    return -(per_anchor * anchor).sum() / anchor.sum().clamp(min=1)
 
 
-def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens):
+def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens, top_k=None):
     """CoMoE's contrastive loss (arXiv 2505.17553, Eq. 12), per token.
 
     Anchor: an activated expert's output q; positives P: the token's other activated experts; negatives
@@ -518,7 +533,7 @@ def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens):
       L = -log( sum_P exp(q.p / tau) / (sum_{P+N} exp(q.z / tau) + 1e-3) )
     Every activated expert takes the anchor's place in turn and the losses are averaged, which makes the
     loss independent of the order of the experts. Needs top_k >= 2 (a positive) to be informative.
-    x, A, B, chosen as in contrastive_loss_expert.
+    x, A, B, chosen as in contrastive_loss_expert; top_k is not needed (every expert takes part).
     """
     keep = _subsample(x.shape[0], n_tokens, x.device)
     o = _expert_outputs(x[keep], A, B)  # (S, E, d_out)
@@ -530,7 +545,8 @@ def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens):
     numerator = (sim.exp() * positive).sum(-1)  # (S, E)
     denominator = (sim.exp() * not_self).sum(-1) + 1e-3  # (S, E): P + N, every expert but the anchor
     loss = -(numerator / denominator).clamp(min=1e-30).log()  # (S, E)
-    return loss[mask].mean()  # over (token, activated anchor) pairs
+    # the mean over (token, activated anchor) pairs, written with a mask: no routing-dependent shape
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
 CONTRASTIVE_LOSSES = {"expert": contrastive_loss_expert, "comoe": contrastive_loss_comoe}

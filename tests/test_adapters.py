@@ -170,7 +170,7 @@ def test_router_subclass_changes_routing():
     layer = moelora.MoELoRALinear(nn.Linear(8, 8), n_experts=4, top_k=1, r=2, alpha=2.0, contrastive="none")
     layer.router.__class__ = SoftRouter
     layer(torch.randn(5, 8))
-    torch.testing.assert_close(layer.routing_stats["load"], torch.full((4,), 0.25 * 4 / 1))
+    torch.testing.assert_close(layer.routing_stats["load"], torch.full((4,), 0.25))  # every expert, every token
 
 
 def test_bad_adapter_arguments():
@@ -233,8 +233,8 @@ def expert_setup(identical, E=4, d=16, N=32, seed=0):
 
 
 def test_expert_contrastive_lower_for_orthogonal_experts():
-    orthogonal = moelora.contrastive_loss_expert(*expert_setup(identical=False), 0.07, 256)
-    identical = moelora.contrastive_loss_expert(*expert_setup(identical=True), 0.07, 256)
+    orthogonal = moelora.contrastive_loss_expert(*expert_setup(identical=False), 0.07, 256, 2)
+    identical = moelora.contrastive_loss_expert(*expert_setup(identical=True), 0.07, 256, 2)
     assert torch.isfinite(orthogonal) and torch.isfinite(identical)
     assert orthogonal < identical - 1.0, (orthogonal, identical)
 
@@ -263,8 +263,8 @@ def test_contrastive_invariant_to_expert_order(variant):
     x, A, B = torch.randn(20, 12, generator=g), torch.randn(5, 3, 12, generator=g), torch.randn(5, 7, 3, generator=g)
     chosen = torch.zeros(20, 5, dtype=torch.bool).scatter_(1, torch.randn(20, 5, generator=g).topk(2, -1).indices, True)
     perm = torch.tensor([3, 0, 4, 1, 2])
-    a = loss(x, A, B, chosen, 0.1, 256)
-    b = loss(x, A[perm], B[perm], chosen[:, perm], 0.1, 256)
+    a = loss(x, A, B, chosen, 0.1, 256, 2)
+    b = loss(x, A[perm], B[perm], chosen[:, perm], 0.1, 256, 2)
     assert torch.isfinite(a)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -312,3 +312,28 @@ def test_equal_params_moelora_matches_lora():
     assert moe["base"] == lora["base"]
     with pytest.raises(ValueError, match="cannot be split"):
         moelora.equal_params_moelora(moelora.AdapterConfig(kind="lora", r=6), n_experts=4, top_k=2)
+
+
+def contrastive_expert_by_selection(x, A, B, chosen, tau):
+    """The expert contrastive loss the obvious way: select the chosen outputs, loop over anchors."""
+    o = torch.nn.functional.normalize(torch.einsum("eor,erd,sd->seo", B, A, x), dim=-1, eps=1e-6)
+    z, labels = o[chosen], chosen.nonzero()[:, 1]
+    losses = []
+    for i in range(len(z)):
+        others = [j for j in range(len(z)) if j != i]
+        positives = [j for j in others if labels[j] == labels[i]]
+        if not positives:
+            continue
+        log_denominator = torch.logsumexp(torch.stack([z[i] @ z[j] / tau for j in others]), 0)
+        losses.append(-torch.stack([z[i] @ z[j] / tau - log_denominator for j in positives]).mean())
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_expert_contrastive_equals_selection_loop(k):
+    g = torch.Generator().manual_seed(k)
+    x, A, B = torch.randn(9, 6, generator=g), torch.randn(4, 2, 6, generator=g), torch.randn(4, 5, 2, generator=g)
+    chosen = torch.zeros(9, 4, dtype=torch.bool).scatter_(1, torch.randn(9, 4, generator=g).topk(k, -1).indices, True)
+    chosen[0] = False  # a token with no expert, as a custom router may produce
+    fast = moelora.contrastive_loss_expert(x, A, B, chosen, 0.2, 256, top_k=k)
+    torch.testing.assert_close(fast, contrastive_expert_by_selection(x, A, B, chosen, 0.2), rtol=1e-5, atol=1e-6)

@@ -1,11 +1,11 @@
 """Generators for the five synthetic commonsense tasks, stand-ins for the paper's BoolQ, PIQA, ARC-Easy,
 ARC-Challenge and OpenBookQA. Each takes a random.Random and returns one item in the LLM-Adapters format, with
-LLM-Adapters' instruction wording for that data set and the output "the correct answer is <label>".
+LLM-Adapters' instruction wording for that data set and an output ending "the correct answer is <label>".
 
 What each one asks about the world of world.py:
     syn_boolq   true or false, about a short passage given in "input" (the passage holds the answer)
     syn_piqa    which of two solutions reaches a goal: the tool for a job, where to find an animal, what to
-                feed it
+                feed it, what material to build something from
     syn_arc_e   four-way, one fact: can it fly, where it lives, what it eats, its legs, its kind, what an
                 object is made of, which material has a property
     syn_arc_c   four-way, two facts chained: which object floats (object -> material -> floats), which animal
@@ -15,6 +15,16 @@ What each one asks about the world of world.py:
 
 Every item has exactly one right option (the wrong ones are drawn from the entities that lack the property),
 and the right option's position is uniform.
+
+Outputs end as LLM-Adapters' do, "the correct answer is <label>", after a short rationale: the right option,
+then the options read in order up to it ("eagle. 1 cow, 2 eagle, so the correct answer is answer2"), or, for
+syn_boolq, the two values compared ("the question says pond and the passage says forest, so the correct
+answer is false"). Why: a tiny model soon knows which option is right, but learns very slowly to name its
+label in one step (near chance after several epochs in our runs); naming the option, then reading the options
+one by one, turns the label into copying, a comparison with what it just wrote, and copying the number just
+written (syn_aqua reads its choices the same way). tasks.make_task(rationales=False) strips the rationale,
+leaving LLM-Adapters' bare sentence. A rationale never contains a label word, so scoring (the first label
+match) reads the final one.
 """
 
 from data import world
@@ -22,6 +32,16 @@ from data.world import ANIMAL, FOODS, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPER
 from data.world import MATERIALS, OBJECTS, PEOPLE, PLACE_PROPERTIES, PLACES, with_article
 
 ANSWER = "the correct answer is {label}"
+
+
+def answer(rationale, label):
+    return f"{rationale}, so " + ANSWER.format(label=label)
+
+
+def scan(options, right):
+    """The right option, then the options read in order, numbered, up to it: "eagle. 1 cow, 2 eagle"."""
+    read = ", ".join(f"{i} {option}" for i, option in enumerate(options[:options.index(right) + 1], 1))
+    return f"{right}. {read}"
 
 
 def four_way(rng, question, right, wrong_pool):
@@ -32,7 +52,7 @@ def four_way(rng, question, right, wrong_pool):
     listed = "".join(f"Answer{i}: {option}\n\n" for i, option in enumerate(options, 1))
     instruction = (f"Please choose the correct answer to the question: {question}\n\n{listed}"
                    f"Answer format: answer1/answer2/answer3/answer4")
-    return {"instruction": instruction, "input": "", "output": ANSWER.format(label=label), "answer": label}
+    return {"instruction": instruction, "input": "", "output": answer(scan(options, right), label), "answer": label}
 
 
 def split_by(names, has):
@@ -147,39 +167,44 @@ def syn_obqa(rng):
 # syn_piqa: two solutions to a goal
 
 def syn_piqa(rng):
-    form = rng.randrange(3)
+    """Short solutions ("a nail" or "a boot"), read in order like the four-way options."""
+    form = rng.randrange(4)
     if form == 0:
         name = rng.choice(OBJECT_NAMES)
         other = rng.choice([o for o in OBJECT_NAMES if o != name])
-        goal = f"How do you {world.OBJECT_USE[name]}?"
-        right, wrong = f"Use {with_article(name)}.", f"Use {with_article(other)}."
+        goal = rng.choice(["How do you {}?", "What helps you {}?"]).format(world.OBJECT_USE[name])
+        right, wrong = with_article(name), with_article(other)
     elif form == 1:
         name = rng.choice(ANIMALS)
         home = ANIMAL[name]["home"]
-        other = rng.choice([p for p in PLACES if p != home])
-        goal = f"Where can you go to see {with_article(name)}?"
-        right, wrong = f"Go to the {home}.", f"Go to the {other}."
-    else:
+        goal = rng.choice(["Where can you go to see {}?", "Where do you look for {}?"]).format(with_article(name))
+        right, wrong = f"the {home}", f"the {rng.choice([p for p in PLACES if p != home])}"
+    elif form == 2:
         name = rng.choice(ANIMALS)
         food = ANIMAL[name]["food"]
-        other = rng.choice([f for f in FOODS if f != food])
-        goal = f"What should you feed {with_article(name)}?"
-        right, wrong = f"Give it {food}.", f"Give it {other}."
+        goal = rng.choice(["What should you feed {}?", "What does {} like to eat?"]).format(with_article(name))
+        right, wrong = food, rng.choice([f for f in FOODS if f != food])
+    else:
+        prop = rng.choice(list(MATERIAL_PURPOSES))
+        positives, negatives = split_by(list(MATERIALS), lambda m: world.material_has(m, prop))
+        goal = f"What should you use to {MATERIAL_PURPOSES[prop]}?"
+        right, wrong = rng.choice(positives), rng.choice(negatives)
     first = rng.random() < 0.5
     solution1, solution2 = (right, wrong) if first else (wrong, right)
     label = "solution1" if first else "solution2"
     instruction = (f"Please choose the correct solution to the question: {goal}\n\n"
                    f"Solution1: {solution1}\n\nSolution2: {solution2}\n\n"
                    f"Answer format: solution1/solution2")
-    return {"instruction": instruction, "input": "", "output": ANSWER.format(label=label), "answer": label}
+    output = answer(scan([solution1, solution2], right), label)
+    return {"instruction": instruction, "input": "", "output": output, "answer": label}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # syn_boolq: true or false about a passage
 
 def animal_claims(name):
-    """Sentences the passage can say about an animal, with the yes/no question each one answers, and a way
-    to make that question false."""
+    """What a passage can say about an animal: {claim: (sentence, yes/no question with a blank, the value
+    that makes it true, the values it can take)}."""
     animal = ANIMAL[name]
     legs_word = "no" if animal["legs"] == 0 else str(animal["legs"])
     return {
@@ -204,15 +229,13 @@ def syn_boolq(rng):
     passage = " ".join([f"{person} went to the {place} and saw {with_article(name)}."] +
                        [claims[c][0] for c in told])
     _, question, true_value, values = claims[asked]
-    answer = rng.random() < 0.5
-    if answer:
-        question = question.format(true_value)
-    else:
-        question = question.format(rng.choice([v for v in values if v != true_value]))
-    label = "true" if answer else "false"
-    instruction = (f"Please answer the following question with true or false, question: {question}?\n\n"
-                   f"Answer format: true/false")
-    return {"instruction": instruction, "input": passage, "output": ANSWER.format(label=label), "answer": label}
+    is_true = rng.random() < 0.5
+    asked_value = true_value if is_true else rng.choice([v for v in values if v != true_value])
+    label = "true" if is_true else "false"
+    instruction = (f"Please answer the following question with true or false, question: "
+                   f"{question.format(asked_value)}?\n\nAnswer format: true/false")
+    rationale = f"the question says {asked_value} and the passage says {true_value}"
+    return {"instruction": instruction, "input": passage, "output": answer(rationale, label), "answer": label}
 
 
 GENERATORS = {

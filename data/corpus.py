@@ -1,6 +1,6 @@
 """The pretraining corpus: plain documents that teach the world of world.py and its arithmetic.
 
-Four kinds of document, each a few sentences:
+Five kinds of document, each a few sentences:
     facts        profiles of an animal, an object, a material, a place or a kind of animal, every fact in
                  several wordings and orders (a model recalls a fact far better after reading it phrased many
                  ways), some with the next link of a chain beside it ("The nail is made of iron. Iron is pulled
@@ -9,6 +9,10 @@ Four kinds of document, each a few sentences:
     comparisons  "9 is more than 4.", "The spider has more legs than the ant."
     narratives   short stories with quantities that work out their sums: "Mia had 6 pears. Then she found 5
                  more, so she had 6 + 5 = 11 pears."
+    lists        a list with numbered or lettered keys, then one entry found by its content ("Shelf2: owl" ...
+                 "The owl is at shelf2."; "(A) 12 (B) 15 ..." ... "is jar (B)."): reading a key off a list is
+                 what answering a multiple-choice question takes, and tiny models learn it slowly from the
+                 tasks alone
 
 The corpus never asks anything: no question marks, no instructions, no "The answer is", nothing of the tasks'
 formats, and none of their items (tests/test_data.py checks). Run `python -m data.corpus` to print a sample.
@@ -18,14 +22,15 @@ import random
 
 from data import world
 from data.world import ANIMAL, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIALS, OBJECTS, PLACES
-from data.world import PLACE_PROPERTIES, with_article
+from data.world import ADD_MAX, MUL_MAX, PLACE_PROPERTIES, with_article
 
 # Documents per kind at scale 1; the mix decides what the base model spends its capacity on.
-FACT_DOCS = 8000
-ARITHMETIC_PASSES = 6  # times the whole arithmetic table is written out
+FACT_DOCS = 7000
+ARITHMETIC_PASSES = 10  # times the whole arithmetic table is written out
 ARITHMETIC_LINES_PER_DOC = 16
 COMPARISON_DOCS = 1000
-NARRATIVE_DOCS = 7000
+NARRATIVE_DOCS = 5000
+LIST_DOCS = 4000
 
 
 def capital(text):
@@ -178,38 +183,74 @@ def comparison_doc(rng):
 # Narratives
 
 def narrative_doc(rng):
-    """A short story that does its sums as it goes."""
+    """A short story that does its sums as it goes (each sum a fact of the arithmetic table)."""
     (name, he), (other, _) = rng.sample(world.PEOPLE, 2)
-    He = capital(he)
     things = rng.choice(world.THINGS)
     container, containers = rng.choice(world.CONTAINERS)
     story = rng.randrange(6)
     if story == 0:
-        x, y = rng.randint(1, 40), rng.randint(1, 40)
+        x, y = rng.randint(1, ADD_MAX), rng.randint(1, ADD_MAX)
         return (f"{name} had {x} {things}. Then {he} found {y} more, so {he} had {x} + {y} = {x + y} {things}. "
                 f"{other} counted them too.")
     if story == 1:
-        x = rng.randint(2, 50)
-        y = rng.randint(1, x)
+        x, y = difference(rng)
         return (f"{name} had {x} {things} and gave {y} of them to {other}. "
                 f"Now {he} has {x} - {y} = {x - y} {things} left.")
     if story == 2:
-        m, k = rng.randint(2, 10), rng.randint(2, 10)
+        m, k = rng.randint(2, MUL_MAX), rng.randint(2, MUL_MAX)
         return (f"{name} filled {m} {containers} with {k} {things} in each {container}. "
                 f"That makes {m} * {k} = {m * k} {things}.")
     if story == 3:
-        k, each = rng.randint(2, 10), rng.randint(1, 10)
+        k, each = rng.randint(2, MUL_MAX), rng.randint(1, MUL_MAX)
         return (f"{name} shared {k * each} {things} equally among {k} friends, "
                 f"so each friend got {k * each} / {k} = {each} {things}.")
     if story == 4:
-        m, k = rng.randint(2, 10), rng.randint(2, 5)
+        k = rng.randint(2, 5)
+        m = rng.randint(2, min(MUL_MAX, 2 * ADD_MAX // k))
         x = m * k
-        y = rng.randint(1, min(x, 50))
+        y = rng.randint(max(1, x - ADD_MAX), min(x, ADD_MAX))
         return (f"{name} bought {m} {containers} of {things} with {k} in each, which is {m} * {k} = {x} {things}. "
                 f"{other} ate {y} of them, leaving {x} - {y} = {x - y} {things}.")
-    x, y = sorted(rng.sample(range(1, 51), 2), reverse=True)
+    x, y = difference(rng)
     return (f"{name} has {x} {things} and {other} has {y} {things}. "
             f"{name} has {x} - {y} = {x - y} more {things} than {other}, and {other} has {x - y} fewer.")
+
+
+def difference(rng):
+    """(x, y) with y < x and x - y in the arithmetic table."""
+    x = rng.randint(2, 2 * ADD_MAX)
+    return x, rng.randint(max(1, x - ADD_MAX), min(x - 1, ADD_MAX))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lists
+
+LIST_KEYS = ["Shelf", "Box", "Room", "Page", "Card", "Line", "Row", "Door"]
+LIST_CONTENTS = [
+    list(ANIMAL), [name for name, _, _ in OBJECTS], list(MATERIALS), [f"the {place}" for place in PLACES],
+    world.FOODS, ["0", "2", "4", "6", "8"],
+]
+
+
+def list_doc(rng):
+    """Entries under keys, then one entry found again by its content and its key read off."""
+    if rng.random() < 0.6:
+        key = rng.choice(LIST_KEYS)
+        entries = rng.sample(rng.choice(LIST_CONTENTS), rng.randint(2, 5))
+        k = rng.randrange(len(entries))
+        listed = "\n".join(f"{key}{i}: {entry}" for i, entry in enumerate(entries, 1))
+        return f"{listed}\n{capital(entries[k])} is at {key.lower()}{k + 1}."
+    name, things = rng.choice(world.PEOPLE)[0], rng.choice(world.THINGS)
+    if rng.random() < 0.5:
+        values = rng.sample(range(2 * ADD_MAX + 1), 5)
+    else:  # evenly spaced, like the answer choices of a math question
+        gap = rng.choice([1, 2, 3, 5])
+        start = rng.randint(0, 2 * ADD_MAX)
+        values = [start + i * gap for i in range(5)]
+    k = rng.randrange(5)
+    listed = " ".join(f"({letter}) {value}" for letter, value in zip("ABCDE", values))
+    return (f"{name} counted the {things} in five jars: {listed}. "
+            f"The jar with {values[k]} {things} is jar ({'ABCDE'[k]}).")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,6 +267,7 @@ def make_corpus(seed, scale=1.0):
     docs += arithmetic[:scaled(len(arithmetic), scale)]
     docs += [comparison_doc(rng) for _ in range(scaled(COMPARISON_DOCS, scale))]
     docs += [narrative_doc(rng) for _ in range(scaled(NARRATIVE_DOCS, scale))]
+    docs += [list_doc(rng) for _ in range(scaled(LIST_DOCS, scale))]
     rng.shuffle(docs)
     return docs
 

@@ -9,7 +9,7 @@ What each one exercises:
     syn_multiarith  two steps mixing the four operations
     syn_gsm8k       three or four steps, each worked on its own line in words, some needing a fact of the world
                     (how many legs a hen has)
-    syn_aqua        five-way multiple choice (A-E), a short rationale, then the letter
+    syn_aqua        five-way multiple choice (A-E): the steps, the choices read up to the value found, the letter
     syn_svamp       variations of one-step problems: distractor numbers, "fewer than", "more than", the
                     question first, the relation turned around
 
@@ -18,7 +18,7 @@ read the corpus has seen each of them; step() checks.
 """
 
 from data import world
-from data.world import PEOPLE, THINGS, CONTAINERS, ANIMAL
+from data.world import ADD_MAX, ANIMAL, CONTAINERS, MUL_MAX, PEOPLE, THINGS
 
 
 def step(a, op, b):
@@ -27,6 +27,12 @@ def step(a, op, b):
         raise AssertionError(f"{a} {op} {b} is outside the arithmetic table")
     result = world.apply(a, op, b)
     return f"{a} {op} {b} = {result}", result
+
+
+def difference(rng):
+    """(a, b) for a subtraction a - b in the table, a at least 5."""
+    a = rng.randint(5, 2 * ADD_MAX)
+    return a, rng.randint(max(1, a - ADD_MAX), min(a - 1, ADD_MAX))
 
 
 def compact(steps, answer):
@@ -50,15 +56,14 @@ def syn_addsub(rng):
     container = rng.choice(CONTAINERS)[0]
     form = rng.randrange(4)
     if form < 2:
-        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        a, b = rng.randint(2, ADD_MAX), rng.randint(2, ADD_MAX)
         text, answer = step(a, "+", b)
         question = [
             f"{name} had {a} {things}. {He} found {b} more {things}. How many {things} does {name} have now?",
             f"{name} picked {a} {things} and {other} picked {b} {things}. How many {things} did they pick in all?",
         ][form]
     else:
-        a = rng.randint(5, 50)
-        b = rng.randint(1, a - 1)
+        a, b = difference(rng)
         text, answer = step(a, "-", b)
         question = [
             f"{name} had {a} {things}. {He} gave {b} {things} to {other}. How many {things} does {name} have left?",
@@ -74,22 +79,22 @@ def syn_singleeq(rng):
     container, containers = rng.choice(CONTAINERS)
     form = rng.randrange(4)
     if form == 0:
-        m, k = rng.randint(2, 10), rng.randint(2, 10)
+        m, k = rng.randint(2, MUL_MAX), rng.randint(2, MUL_MAX)
         text, answer = step(m, "*", k)
         question = (f"Each {container} holds {k} {things}. {name} has {m} {containers}. "
                     f"How many {things} does {name} have?")
     elif form == 1:
-        k, each = rng.randint(2, 10), rng.randint(1, 10)
+        k, each = rng.randint(2, MUL_MAX), rng.randint(1, MUL_MAX)
         text, answer = step(k * each, "/", k)
         question = (f"{name} shares {k * each} {things} equally among {k} friends. "
                     f"How many {things} does each friend get?")
     elif form == 2:
-        start, found = rng.randint(1, 40), rng.randint(1, 40)
+        start, found = rng.randint(1, ADD_MAX), rng.randint(1, ADD_MAX)
         text, answer = step(start + found, "-", found)
         question = (f"{name} had some {things}. After {he} found {found} more, {he} had {start + found} {things}. "
                     f"How many {things} did {name} have at first?")
     else:
-        given, left = rng.randint(1, 40), rng.randint(1, 40)
+        given, left = rng.randint(1, ADD_MAX), rng.randint(1, ADD_MAX)
         text, answer = step(left, "+", given)
         question = (f"{name} gave away {given} {things} and has {left} {things} left. "
                     f"How many {things} did {name} have at first?")
@@ -102,32 +107,34 @@ def syn_multiarith(rng):
     container, containers = rng.choice(CONTAINERS)
     form = rng.randrange(4)
     if form == 0:
-        m, k = rng.randint(2, 10), rng.randint(2, 10)
+        k = rng.randint(2, MUL_MAX)
+        m = rng.randint(2, min(MUL_MAX, 2 * ADD_MAX // k))  # m * k - c must stay in the table
         first, x = step(m, "*", k)
-        c = rng.randint(max(1, x - world.ADD_MAX), min(x - 1, world.ADD_MAX))
+        c = rng.randint(max(1, x - ADD_MAX), min(x - 1, ADD_MAX))
         second, answer = step(x, "-", c)
         question = (f"{name} has {m} {containers} with {k} {things} in each {container}. "
                     f"{He} gives {c} {things} to {other}. How many {things} does {name} have left?")
     elif form == 1:
-        k, each = rng.randint(2, 10), rng.randint(1, 10)
+        k = rng.randint(2, MUL_MAX)
+        each = rng.randint(1, min(MUL_MAX, 2 * ADD_MAX // k))
         x = k * each
-        a = rng.randint(max(1, x - world.ADD_MAX), min(x - 1, world.ADD_MAX))
+        a = rng.randint(max(1, x - ADD_MAX), min(x - 1, ADD_MAX))
         first, _ = step(a, "+", x - a)
         second, answer = step(x, "/", k)
         question = (f"{name} had {a} {things} and found {x - a} more. Then {he} shared them equally among {k} "
                     f"friends. How many {things} did each friend get?")
     elif form == 2:
-        a = rng.randint(5, 50)
-        b = rng.randint(1, a - 1)
+        a, b = difference(rng)
         first, x = step(a, "-", b)
-        c = rng.randint(1, 40)
+        c = rng.randint(1, ADD_MAX)
         second, answer = step(x, "+", c)
         question = (f"{name} had {a} {things}. {He} gave {b} of them to {other} and then found {c} more. "
                     f"How many {things} does {name} have now?")
     else:
-        m, k = rng.randint(2, 10), rng.randint(2, 5)
+        k = rng.randint(2, 5)
+        m = rng.randint(2, min(MUL_MAX, ADD_MAX // k))
         first, x = step(m, "*", k)
-        c = rng.randint(1, 40)
+        c = rng.randint(1, ADD_MAX)
         second, answer = step(x, "+", c)
         question = (f"{name} buys {m} {containers} of {things} with {k} {things} in each {container} and already "
                     f"has {c} {things}. How many {things} does {name} have in all?")
@@ -140,17 +147,18 @@ def syn_gsm8k(rng):
     things = rng.choice(THINGS)
     form = rng.randrange(3)
     if form == 0:
-        m, k = rng.randint(2, 10), rng.randint(2, 5)
+        k = rng.randint(2, 5)
+        m = rng.randint(2, min(MUL_MAX, ADD_MAX // k))
         s1, x = step(m, "*", k)
-        c = rng.randint(1, 40)
+        c = rng.randint(1, ADD_MAX)
         s2, y = step(x, "+", c)
-        d = rng.randint(max(1, y - world.ADD_MAX), min(y - 1, world.ADD_MAX))
+        d = rng.randint(max(1, y - ADD_MAX), min(y - 1, ADD_MAX))
         s3, z = step(y, "-", d)
         question = (f"{name} buys {m} packs of {things} with {k} {things} in each pack. {other} gives {him} {c} "
                     f"more {things}. {name} then uses {d} {things} to make a gift. ")
         lines = [f"{name} buys {s1} {things}.", f"With the {things} from {other}, {he} has {s2} {things}.",
                  f"After making the gift, {he} has {s3} {things}."]
-        divisors = [q for q in range(2, 11) if z % q == 0 and z // q <= world.MUL_MAX]
+        divisors = [q for q in range(2, MUL_MAX + 1) if z % q == 0 and z // q <= MUL_MAX]
         if divisors and rng.random() < 0.5:
             q = rng.choice(divisors)
             s4, z = step(z, "/", q)
@@ -159,10 +167,12 @@ def syn_gsm8k(rng):
         else:
             question += f"How many {things} does {name} have left?"
     elif form == 1:
-        wage, days = rng.randint(2, 10), rng.randint(2, 10)
+        wage = rng.randint(2, MUL_MAX)
+        days = rng.randint(2, min(MUL_MAX, 2 * ADD_MAX // wage))
         s1, x = step(wage, "*", days)
-        spent = rng.randint(max(2, x - world.ADD_MAX), min(x, world.ADD_MAX))
-        book = rng.randint(1, spent - 1)
+        # at least 2 dollars for each (no "1 dollars")
+        spent = rng.randint(max(4, x - ADD_MAX), min(x, ADD_MAX))
+        book = rng.randint(2, spent - 2)
         lunch = spent - book
         s2, y = step(book, "+", lunch)
         s3, z = step(x, "-", y)
@@ -172,8 +182,8 @@ def syn_gsm8k(rng):
     else:
         first, second = rng.sample([n for n, animal in ANIMAL.items() if animal["legs"] > 0], 2)
         legs1, legs2 = ANIMAL[first]["legs"], ANIMAL[second]["legs"]
-        n1 = rng.randint(1, min(world.MUL_MAX, world.ADD_MAX // legs1))
-        n2 = rng.randint(1, min(world.MUL_MAX, world.ADD_MAX // legs2))
+        n1 = rng.randint(1, min(MUL_MAX, ADD_MAX // legs1))
+        n2 = rng.randint(1, min(MUL_MAX, ADD_MAX // legs2))
         s1, x = step(n1, "*", legs1)
         s2, y = step(n2, "*", legs2)
         s3, z = step(x, "+", y)
@@ -189,36 +199,37 @@ LETTERS = "ABCDE"
 
 
 def answer_choices(rng, correct):
-    """Five values in even steps around the correct one, the correct one at a random letter (uniform, except
-    that an answer below 4 cannot have four smaller options before it)."""
+    """(five values in even steps, the position of the correct one among them). The position is uniform,
+    except that an answer below 4 cannot have four smaller options before it."""
     position = rng.choice([p for p in range(5) if p <= correct])
     gap = rng.choice([g for g in (1, 2, 3, 5) if correct - position * g >= 0])
-    values = [correct + (i - position) * gap for i in range(5)]
-    return " ".join(f"({letter}) {value}" for letter, value in zip(LETTERS, values)), LETTERS[position]
+    return [correct + (i - position) * gap for i in range(5)], position
 
 
 def syn_aqua(rng):
-    """A question, 'Answer Choices: (A) .. (E) ..', a rationale of steps, 'The answer is (C).'
+    """A question, 'Answer Choices: (A) .. (E) ..', the steps, the choices read up to the value found, and
+    'The answer is (C).': "6 * 7 = 42. a 40, b 41, c 42. The answer is (C)."
 
     LLM-Adapters scores AQuA by the first capital A-E anywhere in the output, so the rationale holds numbers
     and lower-case words only: the letter at the end is the first one a scorer meets."""
     (name, *_), (other, *_) = cast(rng)
     form = rng.randrange(5)
     if form == 0:
-        age, older, years = rng.randint(2, 30), rng.randint(1, 20), rng.randint(1, 20)
+        age = rng.randint(2, ADD_MAX - 1)
+        older, years = rng.randint(1, ADD_MAX - age), rng.randint(1, ADD_MAX)
         s1, x = step(age, "+", older)
         s2, answer = step(x, "+", years)
         steps = [s1, s2]
         question = f"{name} is {age} years old. {other} is {older} years older than {name}. " \
                    f"How old will {other} be in {years} years?"
     elif form == 1:
-        speed, hours = rng.randint(2, 10), rng.randint(2, 10)
+        speed, hours = rng.randint(2, MUL_MAX), rng.randint(2, MUL_MAX)
         s1, answer = step(speed, "*", hours)
         steps = [s1]
         vehicle = rng.choice(["bus", "train", "boat", "bike", "cart"])
         question = f"A {vehicle} travels {speed} km each hour. How many km does it travel in {hours} hours?"
     elif form == 2:
-        mean = rng.randint(1, 10)
+        mean = rng.randint(1, min(MUL_MAX, ADD_MAX // 3))
         a, b = rng.randint(0, 3 * mean), rng.randint(0, 3 * mean)
         if a + b > 3 * mean:
             a, b = 3 * mean - a, 3 * mean - b
@@ -229,24 +240,29 @@ def syn_aqua(rng):
         steps = [s1, s2, s3]
         question = f"What is the average of {a}, {b} and {c}?"
     elif form == 3:
-        price = rng.randint(2, 10)
-        count = rng.randint(2, min(10, world.ADD_MAX // price))
+        price = rng.randint(2, MUL_MAX)
+        count = rng.randint(2, min(MUL_MAX, ADD_MAX // price))
         s1, cost = step(count, "*", price)
-        paid = rng.randint(cost + 1, min(cost + world.ADD_MAX, 100))
+        paid = rng.randint(cost + 1, cost + ADD_MAX)
         s2, answer = step(paid, "-", cost)
         steps = [s1, s2]
         question = f"{name} buys {count} pens at {price} dollars each and pays with {paid} dollars. " \
                    f"How much change does {name} get?"
     else:
-        larger = rng.randint(2, 10)
+        larger = rng.randint(2, MUL_MAX)
         smaller = rng.randint(1, larger - 1)
         s1, x = step(larger + smaller, "+", larger - smaller)
         s2, answer = step(x, "/", 2)
         steps = [s1, s2]
         question = f"The sum of two numbers is {larger + smaller} and their difference is {larger - smaller}. " \
                    f"What is the larger number?"
-    choices, letter = answer_choices(rng, answer)
-    output = " ".join(text + "." for text in steps) + f" The answer is ({letter})."
+    values, position = answer_choices(rng, answer)
+    letter = LETTERS[position]
+    choices = " ".join(f"({option}) {value}" for option, value in zip(LETTERS, values))
+    # then read the choices in order up to the one that matches, in lower case: the first capital A-E of the
+    # output must be the answer's
+    scan = ", ".join(f"{option.lower()} {value}" for option, value in zip(LETTERS, values[:position + 1]))
+    output = " ".join(text + "." for text in steps) + f" {scan}. The answer is ({letter})."
     return {"instruction": f"{question} Answer Choices: {choices}", "input": "", "output": output, "answer": letter}
 
 
@@ -255,9 +271,9 @@ def syn_svamp(rng):
     (name, he, He, _), (other, *_) = cast(rng)
     things, extra_things = rng.sample(THINGS, 2)
     form = rng.randrange(6)
-    a = rng.randint(5, 50)
+    a = rng.randint(5, ADD_MAX)
     b = rng.randint(1, a - 1)
-    c = rng.randint(2, 40)
+    c = rng.randint(2, ADD_MAX)
     if form == 0:
         text, answer = step(a, "+", b)
         question = (f"{name} has {a} {things} and {c} {extra_things}. {He} buys {b} more {things}. "

@@ -12,6 +12,8 @@ Options (--key=value; anything else is refused):
                      stops earlier once every word of the text is one token
     tokenizer        "bpe" (trained here, offline) or "gpt2" (tiktoken's, needs tiktoken's files; see
                      data/tokenizer.py get_encoding)
+    rationales       0: commonsense outputs are LLM-Adapters' bare "the correct answer is <label>", without
+                     the short rationale before it (default 1; see data/commonsense_tasks.py)
 
 Re-running with the same options leaves every file as it was: everything is regenerated in memory and a file
 is written only when its bytes differ (each line of progress says which). From Python, ensure(data_dir, seed)
@@ -65,7 +67,7 @@ import numpy as np
 from data import tasks as suite
 from data.corpus import make_corpus
 from data.llm_adapters import prompt
-from data.tokenizer import EOT, TOKENIZER_FILE, count_words, get_encoding, make_encoding
+from data.tokenizer import TOKENIZER_FILE, count_words, get_encoding, make_encoding
 from data.tokenizer import tiktoken_file_bytes, tokenizer_json_bytes, train_bpe
 
 PRETRAIN_VAL_FRACTION = 0.05  # share of corpus documents held out as pretrain_val
@@ -79,6 +81,7 @@ class PrepareConfig:
     scale: float = 1.0
     vocab_size: int = 4096
     tokenizer: str = "bpe"
+    rationales: bool = True
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,7 +206,7 @@ def prepare(config):
     corpus_text = "\n\n".join(docs) + "\n"
     log(f"corpus: {len(docs):,} documents, {len(corpus_text.encode()) / 1e6:.2f} MB", start)
 
-    tasks = suite.make_tasks(config.seed, config.scale)
+    tasks = suite.make_tasks(config.seed, config.scale, config.rationales)
     sizes = suite.sizes(config.scale)
     log(f"tasks: {len(tasks)}, {sum(len(tr) for tr, _ in tasks.values()):,} train and "
         f"{sum(len(te) for _, te in tasks.values()):,} test items", start)

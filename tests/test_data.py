@@ -74,7 +74,8 @@ def test_ensure_reuses_a_matching_build(small_builds, monkeypatch):
 def test_meta_contract(built):
     out, meta = built
     assert meta["tasks"] == meta["math_tasks"] + meta["commonsense_tasks"] == tasks.TASKS
-    assert meta["math_tasks"] == ["syn_addsub", "syn_singleeq", "syn_multiarith", "syn_gsm8k", "syn_aqua", "syn_svamp"]
+    assert meta["math_tasks"] == ["syn_addsub", "syn_singleeq", "syn_multiarith", "syn_gsm8k", "syn_aqua",
+                                  "syn_svamp"]
     assert meta["commonsense_tasks"] == ["syn_boolq", "syn_piqa", "syn_arc_e", "syn_arc_c", "syn_obqa"]
     enc = tokenizer.load_tokenizer(out)
     assert meta["vocab_size"] == enc.n_vocab and meta["eot_token"] == enc.eot_token == enc.n_vocab - 1
@@ -85,7 +86,8 @@ def test_meta_contract(built):
 def test_sizes_as_documented(built):
     out, meta = built
     # the documented defaults, at scale 1
-    assert meta["sizes"] == {task: {"train": 1000, "val": 50, "test": 150} for task in tasks.TASKS}
+    assert meta["sizes"] == {**{task: {"train": 500, "val": 25, "test": 150} for task in tasks.MATH_TASKS},
+                             **{task: {"train": 1000, "val": 50, "test": 150} for task in tasks.COMMONSENSE_TASKS}}
     for task in tasks.TASKS:
         assert len(read_items(out, task, "train")) == meta["sizes"][task]["train"]
         assert len(read_items(out, task, "test")) == meta["sizes"][task]["test"]
@@ -161,11 +163,11 @@ def suite():
 
 
 def test_train_and_test_disjoint(built):
-    out, _ = built
+    out, meta = built
     for task in tasks.TASKS:
         train = {(i["instruction"], i["input"]) for i in read_items(out, task, "train")}
         test = {(i["instruction"], i["input"]) for i in read_items(out, task, "test")}
-        assert len(train) == 1000 and len(test) == 150 and not train & test, task
+        assert len(train) == meta["sizes"][task]["train"] and len(test) == 150 and not train & test, task
 
 
 def test_every_answer_is_what_its_output_scores(suite):
@@ -210,7 +212,11 @@ def test_commonsense_outputs_and_labels(suite):
         allowed = labels.get(task, ["answer1", "answer2", "answer3", "answer4"])
         train, test = suite[task]
         for item in train + test:
-            assert item["output"] == f"the correct answer is {item['answer']}" and item["answer"] in allowed
+            assert item["answer"] in allowed
+            assert item["output"].endswith(f", so the correct answer is {item['answer']}")
+            # the rationale names no label, so the scorer's first match is the final one
+            rationale = item["output"][:-len(f"the correct answer is {item['answer']}")]
+            assert not re.search("|".join(allowed), rationale), item
             assert item["instruction"].endswith("Answer format: " + "/".join(allowed))
             assert bool(item["input"]) == (task == "syn_boolq")
         # no label is rare: always guessing one would stay near chance
@@ -218,12 +224,82 @@ def test_commonsense_outputs_and_labels(suite):
         assert min(counts) > 0.6 * len(train) / len(allowed), (task, counts)
 
 
-def test_four_way_items_have_one_right_option(suite):
-    """The generated options are distinct and the question is one the world answers with that option."""
-    for task in ("syn_arc_e", "syn_arc_c", "syn_obqa"):
+def test_rationales_read_the_options_up_to_the_right_one(suite):
+    """ "eagle. 1 cow, 2 eagle, so the correct answer is answer2": the right option, then the options in order
+    up to it, and the label of the last one read."""
+    for task in ("syn_piqa", "syn_arc_e", "syn_arc_c", "syn_obqa"):
         for item in suite[task][0]:
+            options = re.findall(r"(?:Answer|Solution)\d: (.*)", item["instruction"])
+            k = int(item["answer"][-1])
+            read = ", ".join(f"{i} {option}" for i, option in enumerate(options[:k], 1))
+            assert item["output"].startswith(f"{options[k - 1]}. {read}, so "), item
+    for item in suite["syn_boolq"][0]:
+        asked, told = re.fullmatch(r"the question says (.*) and the passage says (.*), so the correct answer is "
+                                   r"(?:true|false)", item["output"]).groups()
+        assert (asked == told) == (item["answer"] == "true") and asked in item["instruction"], item
+    for item in suite["syn_aqua"][0]:
+        choices = re.findall(r"\(([A-E])\) (\d+)", item["instruction"])
+        k = "ABCDE".index(item["answer"])
+        read = ", ".join(f"{letter.lower()} {value}" for letter, value in choices[:k + 1])
+        assert item["output"].endswith(f" {read}. The answer is ({item['answer']})."), item
+
+
+def test_bare_outputs_without_rationales():
+    for task in tasks.COMMONSENSE_TASKS:
+        train, test = tasks.make_task(task, 0, 30, 5, rationales=False)
+        with_rationales = tasks.make_task(task, 0, 30, 5)
+        for item, full in zip(train + test, with_rationales[0] + with_rationales[1]):
+            assert item["output"] == f"the correct answer is {item['answer']}"
+            assert full["output"].endswith(item["output"]) and full["instruction"] == item["instruction"]
+
+
+def which_predicates():
+    """{"Which of these <noun> <phrase>?": the test an option must pass}, from the world's tables."""
+    predicates = {"Which of these animals can fly?": lambda n: world.ANIMAL[n]["flies"],
+                  "Which of these animals cannot fly?": lambda n: not world.ANIMAL[n]["flies"]}
+    for prop, (has, has_not) in world.MATERIAL_PROPERTIES.items():
+        predicates[f"Which of these objects {has}?"] = lambda o, p=prop: world.object_has(o, p)
+        predicates[f"Which of these materials {has}?"] = lambda m, p=prop: world.material_has(m, p)
+        predicates[f"Which of these materials {has_not}?"] = lambda m, p=prop: not world.material_has(m, p)
+    for trait, (has, _, _) in world.KIND_TRAITS.items():
+        predicates[f"Which of these animals {has}?"] = lambda n, t=trait: world.animal_has_trait(n, t)
+    for prop, (_, lives) in world.PLACE_PROPERTIES.items():
+        predicates[f"Which of these animals {lives}?"] = lambda n, p=prop: world.animal_lives_where(n, p)
+    for kind in world.KIND_PLURALS:
+        predicates[f"Which of these animals is {world.with_article(kind)}?"] = \
+            lambda n, k=kind: world.ANIMAL[n]["kind"] == k
+    for name, animal in world.ANIMAL.items():
+        predicates[f"Which of these animals has more legs than the {name}?"] = \
+            lambda n, legs=animal["legs"]: world.ANIMAL[n]["legs"] > legs
+    return predicates
+
+
+def test_four_way_items_have_exactly_one_right_option(suite):
+    """Options are distinct, and for the "Which of these ..." questions the world's tables say that the
+    labelled option, and no other, passes."""
+    predicates = which_predicates()
+    checked = 0
+    for task in ("syn_arc_e", "syn_arc_c", "syn_obqa"):
+        for item in suite[task][0] + suite[task][1]:
             options = re.findall(r"Answer\d: (.*)", item["instruction"])
             assert len(options) == 4 == len(set(options)), item
+            question = re.search(r"question: (.*\?)", item["instruction"]).group(1)
+            if question in predicates:
+                passing = [i for i, option in enumerate(options, 1) if predicates[question](option)]
+                assert passing == [int(item["answer"][-1])], item
+                checked += 1
+    assert checked > 1500  # most four-way items are of this kind
+
+
+def test_prompt_and_output_tokenize_apart_as_together(built):
+    """The .bin files encode prompt and output separately; that is the same as encoding the whole text."""
+    out, meta = built
+    enc = tokenizer.load_tokenizer(out)
+    for task in meta["tasks"]:
+        for item in read_items(out, task, "train")[:200]:
+            head = prompt(item["instruction"], item["input"])
+            assert enc.encode_ordinary(head + item["output"]) == \
+                enc.encode_ordinary(head) + enc.encode_ordinary(item["output"]), item
 
 
 def test_corpus_never_asks(built, suite):
@@ -235,6 +311,14 @@ def test_corpus_never_asks(built, suite):
         for item in test:
             assert item["instruction"] not in text
             assert not item["input"] or item["input"] not in text
+
+
+def test_corpus_sums_are_table_facts():
+    docs = corpus.make_corpus(seed=0)
+    equations = [eq for doc in docs for eq in STEP.findall(doc)]
+    assert len(equations) > 20000
+    for a, op, b, c in equations:
+        assert world.is_table_fact(int(a), op, int(b)) and world.apply(int(a), op, int(b)) == int(c)
 
 
 def test_corpus_writes_out_the_whole_table():
@@ -270,8 +354,11 @@ def test_bpe_encoding_uses_the_merges():
 
 UNICODE = [
     "", " ", "\n\n\t  ", "plain ascii, with punctuation!?",
-    "emoji 🦉🐍👩‍👩‍👧 and flags 🇫🇷", "CJK 猫头鹰住在森林里。ひらがな カタカナ 한국어",
-    "control \x00\x01\x07\x1b[0m\x7f chars", "combining é vs é, Ωmega, ﬁ ligature", "mixed 12,345.67 ½ ², \u200b\ufeff",
+    "emoji 🦉🐍👩‍👩‍👧 and flags 🇫🇷",
+    "CJK 猫头鹰住在森林里。ひらがな カタカナ 한국어",
+    "control \x00\x01\x07\x1b[0m\x7f chars",
+    "combining é vs é, Ωmega, ﬁ ligature",
+    "mixed 12,345.67 ½ ², \u200b\ufeff",
     "<|endoftext|> as plain text", "RTL עברית العربية",
 ]
 
@@ -414,18 +501,24 @@ def test_load_json_reads_the_format(tmp_path):
     assert load_json(str(path)) == GOOD_ITEMS
 
 
+def item_with(**fields):
+    return json.dumps([{"instruction": "q", "input": "", "output": "", "answer": "1", **fields}])
+
+
 @pytest.mark.parametrize("content, message", [
-    ("[{\"instruction\": ", r"not a valid JSON file"),
-    ("{\"instruction\": \"q\"}", r"expected a JSON list of items, found a dict"),
+    ('[{"instruction": ', r"not a valid JSON file"),
+    ('{"instruction": "q"}', r"expected a JSON list of items, found a dict"),
     (json.dumps(GOOD_ITEMS[:1] + ["just text"]), r"item 1: expected an object"),
-    (json.dumps(GOOD_ITEMS[:2] + [{"instruction": "q", "input": "", "output": ""}]), r"item 2: missing field\(s\) answer"),
-    (json.dumps([{"instruction": 3, "input": "", "output": "", "answer": "1"}]), r"item 0: field 'instruction' should"),
-    (json.dumps(GOOD_ITEMS + [{"instruction": "q", "input": None, "output": "", "answer": "1"}]), r"item 4: field 'input'"),
-    (json.dumps([{"instruction": "q", "input": "", "output": "", "answer": True}]), r"item 0: field 'answer'"),
-    (json.dumps([{"instruction": "q", "input": "", "output": "", "answer": []}]), r"item 0: field 'answer'"),
-    (json.dumps([{"instruction": "q", "input": "", "output": "", "answer": {"x": 1}}]), r"item 0: field 'answer'"),
+    (json.dumps(GOOD_ITEMS[:2] + [{"instruction": "q", "input": "", "output": ""}]),
+     r"item 2: missing field\(s\) answer"),
+    (item_with(instruction=3), r"item 0: field 'instruction' should"),
+    (json.dumps(GOOD_ITEMS + json.loads(item_with(input=None))), r"item 4: field 'input'"),
+    (item_with(answer=True), r"item 0: field 'answer'"),
+    (item_with(answer=[]), r"item 0: field 'answer'"),
+    (item_with(answer={"x": 1}), r"item 0: field 'answer'"),
 ])
 def test_load_json_rejects_malformed_files(tmp_path, content, message):
+    """Each bad file names itself and, for a bad item, the item's index."""
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=message) as error:

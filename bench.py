@@ -4,6 +4,7 @@ Benchmarks: what MoELoRA costs against LoRA, one adapted layer at a time and in 
     python bench.py                      # full run on a CUDA GPU (about 3 minutes on an H100)
     python bench.py --quick              # smoke run: small shapes, few repeats, a 2-layer model
     python bench.py --json=out/bench.json
+    python bench.py --compiled-only      # the end-to-end section under torch.compile (slow to compile)
 
 Layer section (bf16, E=8 experts of rank r=8, top-2 routing, d_in = d_out = d): one frozen nn.Linear
 plus its adapter, forward, backward and both, for
@@ -206,12 +207,14 @@ def e2e_configs():
             "MoELoRA kernel, no contrastive": moe_cuda_nocon}
 
 
-def bench_e2e(name, cfg, batch, quick):
+def bench_e2e(name, cfg, batch, quick, compile=False):
     torch.manual_seed(0)
     gcfg = GPTConfig(n_layer=2) if quick else GPTConfig()
     model = GPT(gcfg).cuda()
     moelora.inject(model, cfg)
     moelora.mark_only_adapters_trainable(model)
+    # compiled: the many small ops of routing and the auxiliary losses fuse into few kernels
+    forward = torch.compile(model) if compile else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -221,7 +224,7 @@ def bench_e2e(name, cfg, batch, quick):
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = model(x, y)
+            _, loss = forward(x, y)
             aux = moelora.collect_aux(model)
             for k, c in coef.items():
                 if aux[k] is not None:
@@ -240,31 +243,58 @@ def bench_e2e(name, cfg, batch, quick):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     counts = moelora.count_parameters(model)
-    del model, opt
+    del model, forward, opt
     torch.cuda.empty_cache()
     step_s = statistics.median(times[warmup:])
-    return {"config": name, "batch": batch, "seq": gcfg.block_size, "step_ms": step_s * 1e3,
+    return {"config": name, "batch": batch, "seq": gcfg.block_size, "compiled": compile,
+            "first_step_s": times[0], "step_ms": step_s * 1e3,
             "tokens_per_s": batch * gcfg.block_size / step_s, "adapter_params": counts["adapter"],
             "router_params": counts["router"]}
 
 
 # ----------------------------------------------------------------------------------------------------
 
+def bench_e2e_compiled(quick):
+    """LoRA and MoELoRA (kernel) with torch.compile, batch 8x1024: does fusing the small ops close the gap?"""
+    print("\n== end to end, torch.compile (default mode), batch 8 ==")
+    rows = []
+    configs = e2e_configs()
+    for name in ("LoRA r16", "MoELoRA kernel"):
+        rows.append(bench_e2e(name, configs[name], 2 if quick else 8, quick, compile=True))
+        r = rows[-1]
+        print(f"  batch {r['batch']:2d}x{r['seq']}  {name + ', compiled':32s} {r['step_ms']:8.1f} ms/step "
+              f"{r['tokens_per_s']:10.0f} tok/s   (first step, compiling: {r['first_step_s']:.0f} s)")
+    ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
+    print(f"  {'met   ' if ratio >= 0.9 else 'MISSED'}  compiled, batch {rows[0]['batch']}: MoELoRA kernel / LoRA r16 "
+          f"tokens/s = {ratio:.2f} (target >= 0.90)")
+    return rows, (f"compiled, batch {rows[0]['batch']}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90", ratio, ratio >= 0.9)
+
+
 def main(argv):
-    quick, json_path = False, None
+    quick, json_path, compiled_only = False, None, False
     for arg in argv:
         if arg == "--quick":
             quick = True
         elif arg.startswith("--json="):
             json_path = arg.split("=", 1)[1]
+        elif arg == "--compiled-only":
+            compiled_only = True
         else:
-            raise SystemExit(f"bench.py: unknown argument {arg!r} (expected --quick, --json=PATH)")
+            raise SystemExit(f"bench.py: unknown argument {arg!r} (expected --quick, --json=PATH, --compiled-only)")
     if not torch.cuda.is_available():
         raise SystemExit("bench.py needs a CUDA GPU")
     moelora.load_kernel()  # build first, so that no timing includes it
     bw = copy_bandwidth_gbs(5 if quick else 20)
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": bw, "quick": quick}
     print(f"{info['device']}, torch {info['torch']}; measured copy bandwidth {bw:.0f} GB/s (read + write)")
+    if compiled_only:  # the end-to-end section under torch.compile, alone
+        e2e, target = bench_e2e_compiled(quick)
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump({"info": info, "e2e": e2e, "targets": [dict(zip(("target", "value", "met"), target))]},
+                          f, indent=1)
+            print(f"\nwrote {json_path}")
+        return
 
     print("\n== one adapted layer ==")
     shapes = [(768, 4096), (768, 8192), (4096, 4096), (4096, 8192)] if quick else \

@@ -41,6 +41,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
 
 namespace {
 
+// Numbers and shapes go into error messages as strings: inserting an integer into the message's stream
+// from this library (ostream << long) crashed the process on the GPU machine (seen with torch 2.11), so
+// every number is formatted here with std::to_string instead.
+std::string num(int64_t v) { return std::to_string(v); }
+
+std::string shape(const at::Tensor& t) {
+  std::string out = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) out += (i ? ", " : "") + std::to_string(t.size(i));
+  return out + (t.dim() == 1 ? ",)" : ")");
+}
+
 void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.is_cuda(), "moelora CUDA kernel: ", name, " must be a CUDA tensor, got one on ", t.device());
   TORCH_CHECK(t.device() == x.device(), "moelora CUDA kernel: ", name, " is on ", t.device(), " but x is on ",
@@ -64,29 +75,29 @@ void check_inputs(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
               "moelora CUDA kernel: supports float32, bfloat16 and float16, got ", dt);
   TORCH_CHECK(x.dim() == 2 && A.dim() == 3 && B.dim() == 3 && gates.dim() == 2,
               "moelora CUDA kernel: expected x (N, d_in), A (E, r, d_in), B (E, d_out, r), gates (N, E); got x ",
-              x.sizes(), ", A ", A.sizes(), ", B ", B.sizes(), ", gates ", gates.sizes());
+              shape(x), ", A ", shape(A), ", B ", shape(B), ", gates ", shape(gates));
   const int64_t N = x.size(0), d_in = x.size(1), E = A.size(0), r = A.size(1), d_out = B.size(1);
-  TORCH_CHECK(A.size(2) == d_in, "moelora CUDA kernel: A is ", A.sizes(), " but x has d_in = ", d_in);
-  TORCH_CHECK(B.size(0) == E && B.size(2) == r, "moelora CUDA kernel: B is ", B.sizes(),
-              ", expected (E, d_out, r) with E = ", E, ", r = ", r, " from A");
-  TORCH_CHECK(gates.size(0) == N && gates.size(1) == E, "moelora CUDA kernel: gates is ", gates.sizes(),
-              ", expected (N, E) = (", N, ", ", E, ")");
+  TORCH_CHECK(A.size(2) == d_in, "moelora CUDA kernel: A is ", shape(A), " but x has d_in = ", num(d_in));
+  TORCH_CHECK(B.size(0) == E && B.size(2) == r, "moelora CUDA kernel: B is ", shape(B),
+              ", expected (E, d_out, r) with E = ", num(E), ", r = ", num(r), " from A");
+  TORCH_CHECK(gates.size(0) == N && gates.size(1) == E, "moelora CUDA kernel: gates is ", shape(gates),
+              ", expected (N, E) = (", num(N), ", ", num(E), ")");
   for (auto [t, name] : {std::pair{&x, "x"}, {&A, "A"}, {&B, "B"}, {&gates, "gates"}}) check_tensor(*t, name, x);
-  TORCH_CHECK(E >= 1 && r >= 1, "moelora CUDA kernel: needs at least one expert of rank >= 1, got E = ", E,
-              ", r = ", r);
-  TORCH_CHECK(E * r <= moelora::kMaxRankTotal, "moelora CUDA kernel: E*r = ", E * r, " exceeds ",
-              moelora::kMaxRankTotal, " (the experts' rank columns of a token tile must fit in shared memory); "
+  TORCH_CHECK(E >= 1 && r >= 1, "moelora CUDA kernel: needs at least one expert of rank >= 1, got E = ", num(E),
+              ", r = ", num(r));
+  TORCH_CHECK(E * r <= moelora::kMaxRankTotal, "moelora CUDA kernel: E*r = ", num(E * r), " exceeds ",
+              num(moelora::kMaxRankTotal), " (the experts' rank columns of a token tile must fit in shared memory); "
               "use impl='ref'");
   TORCH_CHECK(d_in % 8 == 0 && d_out % 8 == 0, "moelora CUDA kernel: d_in and d_out must be multiples of 8 "
-              "(16-byte rows), got d_in = ", d_in, ", d_out = ", d_out, "; moelora.moelora_cuda pads them for you");
+              "(16-byte rows), got d_in = ", num(d_in), ", d_out = ", num(d_out), "; moelora.moelora_cuda pads them for you");
   TORCH_CHECK(N < (int64_t(1) << 31) && d_in < (1 << 24) && d_out < (1 << 24),
-              "moelora CUDA kernel: sizes too large (N = ", N, ", d_in = ", d_in, ", d_out = ", d_out, ")");
+              "moelora CUDA kernel: sizes too large (N = ", num(N), ", d_in = ", num(d_in), ", d_out = ", num(d_out), ")");
   const c10::cuda::CUDAGuard guard(x.device());
   TORCH_CHECK(moelora::device_major() >= 8, "moelora CUDA kernel: needs a GPU of compute capability 8.0 or newer "
-              "(Ampere, Hopper), this one is ", moelora::device_major(), ".x; use impl='ref'");
+              "(Ampere, Hopper), this one is ", num(moelora::device_major()), ".x; use impl='ref'");
   const size_t need = moelora::smem_needed(dt, int(E * r));
   TORCH_CHECK(need <= size_t(moelora::device_smem_limit()), "moelora CUDA kernel: E*r = ", E * r, " in ", dt,
-              " needs ", need, " bytes of shared memory per block, this GPU allows ", moelora::device_smem_limit(),
+              " needs ", num(need), " bytes of shared memory per block, this GPU allows ", num(moelora::device_smem_limit()),
               "; use a smaller E*r, a 16-bit dtype, or impl='ref'");
 }
 
@@ -102,13 +113,13 @@ void check_bwd_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
   const int64_t N = x.size(0), RP = (A.size(0) * A.size(1) + 63) / 64 * 64;
   check_tensor(dy, "dy", x);
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == N && dy.size(1) == B.size(1), "moelora CUDA kernel: dy is ",
-              dy.sizes(), ", expected (N, d_out) = (", N, ", ", B.size(1), ")");
+              shape(dy), ", expected (N, d_out) = (", num(N), ", ", num(B.size(1)), ")");
   check_tensor(hg, "hg", x);
   TORCH_CHECK(h.is_cuda() && h.device() == x.device() && h.scalar_type() == at::kFloat && h.is_contiguous(),
               "moelora CUDA kernel: h must be the float32 tensor the forward returned");
   TORCH_CHECK(h.dim() == 2 && h.size(0) == N && h.size(1) == RP && hg.dim() == 2 && hg.size(0) == N &&
                   hg.size(1) == RP,
-              "moelora CUDA kernel: h and hg must be (N, RP) = (", N, ", ", RP, ") as the forward returned them");
+              "moelora CUDA kernel: h and hg must be (N, RP) = (", num(N), ", ", num(RP), ") as the forward returned them");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& x,
@@ -124,12 +135,12 @@ void check_weight(const at::Tensor& x, const at::Tensor& weight, const std::opti
                   int64_t d_out) {
   check_tensor(weight, "weight", x);
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == d_out && weight.size(1) == x.size(1),
-              "moelora CUDA kernel: weight is ", weight.sizes(), ", expected (d_out, d_in) = (", d_out, ", ",
-              x.size(1), ")");
+              "moelora CUDA kernel: weight is ", shape(weight), ", expected (d_out, d_in) = (", num(d_out), ", ",
+              num(x.size(1)), ")");
   if (bias.has_value()) {
     check_tensor(*bias, "bias", x);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == d_out, "moelora CUDA kernel: bias is ", bias->sizes(),
-                ", expected (", d_out, ")");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == d_out, "moelora CUDA kernel: bias is ", shape(*bias),
+                ", expected (", num(d_out), ")");
   }
 }
 

@@ -383,6 +383,10 @@ class Router(nn.Module):
         return f"n_experts={self.n_experts}, top_k={self.top_k}, jitter={self.jitter}"
 
 
+# Routers by name, for AdapterConfig.router and train.py's --router: register a new idea here
+ROUTERS = {"topk": Router}
+
+
 # ----------------------------------------------------------------------------------------------------
 # MoELoRA: E low-rank experts and a router beside a frozen linear layer
 
@@ -396,7 +400,7 @@ class MoELoRALinear(nn.Module):
     moelora.collect_aux(model) gathers them from every layer.
     """
 
-    def __init__(self, base, n_experts, top_k, r, alpha, dropout=0.0, router_jitter=0.0,
+    def __init__(self, base, n_experts, top_k, r, alpha, dropout=0.0, router="topk", router_jitter=0.0,
                  contrastive="expert", contrastive_tau=0.07, contrastive_tokens=256, impl="auto"):
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -407,9 +411,11 @@ class MoELoRALinear(nn.Module):
             raise ValueError(f"contrastive must be one of {sorted(CONTRASTIVE_LOSSES)} or 'none', got {contrastive!r}")
         if contrastive == "comoe" and top_k < 2:
             raise ValueError("contrastive='comoe' contrasts a token's activated experts: it needs top_k >= 2")
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {sorted(ROUTERS)} (moelora.ROUTERS), got {router!r}")
         d_in, d_out = base.in_features, base.out_features
         self.base = base
-        self.router = Router(d_in, n_experts, top_k, jitter=router_jitter)
+        self.router = ROUTERS[router](d_in, n_experts, top_k, jitter=router_jitter)
         self.n_experts, self.top_k, self.r = n_experts, top_k, r
         self.scaling = alpha / r
         self.lora_A = nn.Parameter(torch.empty(n_experts, r, d_in, **_like(base)))  # (E, r, d_in)
@@ -584,6 +590,7 @@ class AdapterConfig:
     # MoELoRA only
     n_experts: int = 8
     top_k: int = 2
+    router: str = "topk"  # a name in moelora.ROUTERS
     router_jitter: float = 0.0
     contrastive: str = "expert"  # "expert" | "comoe" | "none"
     contrastive_tau: float = 0.07
@@ -631,7 +638,7 @@ def inject(model, cfg):
 def _make_adapter(base, cfg):
     if cfg.kind == "lora":
         return LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout)
-    return MoELoRALinear(base, cfg.n_experts, cfg.top_k, cfg.r, cfg.alpha, cfg.dropout,
+    return MoELoRALinear(base, cfg.n_experts, cfg.top_k, cfg.r, cfg.alpha, cfg.dropout, router=cfg.router,
                          router_jitter=cfg.router_jitter, contrastive=cfg.contrastive,
                          contrastive_tau=cfg.contrastive_tau, contrastive_tokens=cfg.contrastive_tokens,
                          impl=cfg.impl)

@@ -57,6 +57,7 @@ class TrainConfig:
     targets: tuple = ("attn.c_attn", "attn.c_proj")
     n_experts: int = 8
     top_k: int = 2
+    router: str = "topk"  # a name in moelora.ROUTERS
     router_jitter: float = 0.0
     contrastive: str = "expert"
     contrastive_tau: float = 0.07
@@ -146,7 +147,8 @@ class Data:
 def adapter_config(cfg):
     return moelora.AdapterConfig(
         kind=cfg.adapter, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.targets,
-        n_experts=cfg.n_experts, top_k=cfg.top_k, router_jitter=cfg.router_jitter, contrastive=cfg.contrastive,
+        n_experts=cfg.n_experts, top_k=cfg.top_k, router=cfg.router, router_jitter=cfg.router_jitter,
+        contrastive=cfg.contrastive,
         contrastive_tau=cfg.contrastive_tau, contrastive_tokens=cfg.contrastive_tokens,
         balance_coef=cfg.balance_coef, contrastive_coef=cfg.contrastive_coef, impl=cfg.impl)
 

@@ -162,15 +162,19 @@ def test_router_gradient_flows_from_output():
     assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
 
 
-def test_router_subclass_changes_routing():
-    class SoftRouter(moelora.Router):
+def test_router_subclass_changes_routing(monkeypatch):
+    class SoftRouter(moelora.Router):  # every expert, weighted by the full softmax (LoRAMoE-style)
         def select(self, probs):
             return probs, torch.ones_like(probs, dtype=torch.bool)
 
-    layer = moelora.MoELoRALinear(nn.Linear(8, 8), n_experts=4, top_k=1, r=2, alpha=2.0, contrastive="none")
-    layer.router.__class__ = SoftRouter
-    layer(torch.randn(5, 8))
-    torch.testing.assert_close(layer.routing_stats["load"], torch.full((4,), 0.25))  # every expert, every token
+    monkeypatch.setitem(moelora.ROUTERS, "soft", SoftRouter)
+    cfg = moelora.AdapterConfig(kind="moelora", r=2, n_experts=4, top_k=1, router="soft", contrastive="none")
+    m = moelora.inject(tiny_gpt(), cfg)
+    m(tokens())
+    layers = moelora.collect_aux(m)["layers"]
+    assert all(isinstance(mod.router, SoftRouter) for mod in m.modules() if isinstance(mod, moelora.MoELoRALinear))
+    for stats in layers.values():
+        torch.testing.assert_close(stats["load"], torch.full((4,), 0.25))  # every expert, every token
 
 
 def test_bad_adapter_arguments():
@@ -190,6 +194,8 @@ def test_bad_adapter_arguments():
         moelora.inject(tiny_gpt(), moelora.AdapterConfig(targets=("ln_1",)))
     with pytest.raises(ValueError, match="kind"):
         moelora.AdapterConfig(kind="adapter")
+    with pytest.raises(ValueError, match="router must be one of"):
+        moelora.MoELoRALinear(nn.Linear(8, 8), n_experts=4, top_k=2, r=2, alpha=2.0, router="hash")
     with pytest.raises(TypeError, match="nn.Linear"):
         moelora.LoRALinear(nn.Conv1d(2, 2, 1), r=2, alpha=2.0)
 

@@ -175,7 +175,8 @@ def plot_routing(routing, path):
     n_panels = len(layers) + 1
     cols = min(4, n_panels)
     rows = (n_panels + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.32 * len(tasks) * rows + 1.2), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.32 * len(tasks) * rows + 1.5), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[n_panels:]:
         ax.axis("off")
     for j, name in enumerate(layers):
@@ -185,14 +186,14 @@ def plot_routing(routing, path):
         ax.set_yticks(range(len(tasks)), tasks if j % cols == 0 else [], fontsize=7)
         ax.set_xticks(range(load.shape[2]))
         ax.tick_params(axis="x", labelsize=7)
-        ax.set_xlabel("expert", fontsize=7)
-    fig.colorbar(im, ax=axes.flat[:len(layers)], fraction=0.02, label="share of routed tokens")
+    fig.colorbar(im, ax=axes.flat[:len(layers)], fraction=0.02, label="share of routed tokens (x: expert)")
     ax = axes.flat[len(layers)]
     ent = ax.imshow(torch.tensor(routing["entropy"]).numpy(), cmap="magma", aspect="auto")
     ax.set_title("router entropy (nats)", fontsize=8)
     ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
-    ax.set_xticks(range(len(layers)))
-    ax.set_xlabel("layer", fontsize=7)
+    ax.set_xticks(range(0, len(layers), max(1, len(layers) // 8)))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("adapted layer (in the order above)", fontsize=7)
     fig.colorbar(ent, ax=ax, fraction=0.05)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -26,9 +26,10 @@ meta.json
      or "gpt2"), "tasks" (the 11 names, math first, then commonsense), "math_tasks", "commonsense_tasks",
      "sizes": {task: {"train", "val", "test"}} (item counts; "val" items are inside "train"),
      "train_on_inputs", "files" (every file below, relative to the directory), "config" (the options),
-     "tokens" (token counts of the .bin files), "corpus_bytes_per_token", "max_prompt_tokens" and
-     "max_output_tokens" ({task: longest, over train and test; an output's count includes its closing eot},
-     to bound decoding)}
+     "tokens" (token counts of the .bin files), "corpus_bytes_per_token", "tokens_missing_from_corpus" (the
+     tokens of the fine-tuning files and test items that pretrain_train holds fewer than MIN_CORPUS_COUNT
+     times, as text; empty in the default build), "max_prompt_tokens" and "max_output_tokens" ({task:
+     longest, over train and test; an output's count includes its closing eot}, to bound decoding)}
 tokenizer.tiktoken, tokenizer.json
     the BPE in tiktoken's file format, and its split pattern and special tokens; data.tokenizer.load_tokenizer
     (this directory) gives the tiktoken.Encoding
@@ -71,6 +72,10 @@ from data.tokenizer import TOKENIZER_FILE, count_words, get_encoding, make_encod
 from data.tokenizer import tiktoken_file_bytes, tokenizer_json_bytes, train_bpe
 
 PRETRAIN_VAL_FRACTION = 0.05  # share of corpus documents held out as pretrain_val
+# Each token of the suite (its fine-tuning files and test items) should occur this often in pretrain_train:
+# fine-tuning only adapters leaves the embeddings as pretraining made them, and a token the corpus never
+# shows keeps its random one (the model can neither read it nor write it).
+MIN_CORPUS_COUNT = 20
 
 
 @dataclasses.dataclass
@@ -190,6 +195,14 @@ def finetune_examples(tasks, sizes, seed):
     return train, val
 
 
+def tokens_missing_from_corpus(enc, pretrain_ids, suite_ids):
+    """(the tokens among suite_ids that pretrain_ids holds fewer than MIN_CORPUS_COUNT times, as text in id
+    order; how many different tokens suite_ids holds)."""
+    corpus_counts = np.bincount(pretrain_ids, minlength=enc.n_vocab)
+    used = np.unique(suite_ids)
+    return [enc.decode([int(t)]) for t in used if corpus_counts[t] < MIN_CORPUS_COUNT], len(used)
+
+
 def longest(enc, texts, plus=0):
     return max(len(ids) for ids in enc.encode_ordinary_batch(texts)) + plus
 
@@ -231,6 +244,13 @@ def prepare(config):
     log(f"finetune tokens: {len(finetune['finetune_train']):,} train ({len(train_examples):,} examples), "
         f"{len(finetune['finetune_val']):,} val ({len(val_examples):,} examples)", start)
 
+    test_texts = [prompt(i["instruction"], i["input"]) + i["output"] for _, test in tasks.values() for i in test]
+    suite_ids = np.concatenate([finetune["finetune_train"], finetune["finetune_val"],
+                                *map(np.array, enc.encode_ordinary_batch(test_texts))])
+    missing, n_used = tokens_missing_from_corpus(enc, pretrain["pretrain_train"], suite_ids)
+    log(f"corpus coverage: {n_used - len(missing)} of the suite's {n_used} tokens occur at least "
+        f"{MIN_CORPUS_COUNT} times in pretrain_train" + (f"; not: {missing[:20]}" if missing else ""), start)
+
     files["corpus.txt"] = corpus_text.encode("utf-8")
     files.update({f"{name}.bin": array.tobytes() for name, array in {**pretrain, **finetune}.items()})
     # meta's "files": the name each file goes by, and its path in the directory
@@ -257,6 +277,7 @@ def prepare(config):
         "config": {key: value for key, value in dataclasses.asdict(config).items() if key != "out"},
         "tokens": {name: len(array) for name, array in {**pretrain, **finetune}.items() if array.dtype == np.uint16},
         "corpus_bytes_per_token": round(len(corpus_text.encode()) / corpus_tokens, 4),
+        "tokens_missing_from_corpus": missing,
         "max_prompt_tokens": {task: longest(enc, [prompt(i["instruction"], i["input"]) for i in tr + te])
                               for task, (tr, te) in tasks.items()},
         "max_output_tokens": {task: longest(enc, [i["output"] for i in tr + te], plus=1)

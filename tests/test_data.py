@@ -14,7 +14,7 @@ import tiktoken.load
 
 from data import corpus, tasks, tokenizer, world
 from data.llm_adapters import STAND_INS, is_correct, load_json, prompt
-from data.prepare import PrepareConfig, build_tokenizer, ensure, parse_args, prepare
+from data.prepare import MIN_CORPUS_COUNT, PrepareConfig, build_tokenizer, ensure, parse_args, prepare
 
 SMALL = 0.05  # scale of the small builds
 
@@ -302,15 +302,43 @@ def test_prompt_and_output_tokenize_apart_as_together(built):
                 enc.encode_ordinary(head) + enc.encode_ordinary(item["output"]), item
 
 
-def test_corpus_never_asks(built, suite):
+# What the corpus may never hold: the prompt template, the answer formats, the label words
+TASK_FORMATS = ("Below is an instruction", "appropriately completes the request", "### Instruction:",
+                "### Input:", "### Response:", "Answer format", "Answer Choices", "answer is", "Please choose",
+                "Please answer", "question says")
+LABEL = re.compile(r"(?:answer|solution|ending|option)\d", re.IGNORECASE)
+QUESTION = re.compile(r"[^.?!:\n]+\?")  # a question, from the last sentence break or colon
+
+
+def test_corpus_never_uses_the_task_formats(built, suite):
     out, _ = built
     text = (out / "corpus.txt").read_text()
-    for marker in ("?", "###", "nswer", "Please", "olution", "true", "false", "Instruction", "Choices"):
+    for marker in TASK_FORMATS:
         assert marker not in text, marker
+    assert not LABEL.search(text)
+    # none of the tasks' questions, not even at the end of a longer one
+    asked = {q.strip() for train, test in suite.values() for item in train + test
+             for q in QUESTION.findall(item["instruction"])}
+    corpus_questions = [q.strip() for q in QUESTION.findall(text)]
+    assert len(corpus_questions) > 500  # people do ask, in their own words
+    for question in corpus_questions:
+        words = question.split(" ")
+        assert not any(" ".join(words[i:]) in asked for i in range(len(words))), question
     for task, (_, test) in suite.items():
         for item in test:
             assert item["instruction"] not in text
             assert not item["input"] or item["input"] not in text
+
+
+def test_corpus_covers_every_token_of_the_suite(built):
+    """Each token of the fine-tuning files occurs MIN_CORPUS_COUNT times in pretrain_train, and meta says so."""
+    out, meta = built
+    assert meta["tokens_missing_from_corpus"] == []
+    corpus_counts = np.bincount(np.memmap(out / "pretrain_train.bin", dtype=np.uint16, mode="r"),
+                                minlength=meta["vocab_size"])
+    for split in ("train", "val"):
+        used = np.unique(np.memmap(out / f"finetune_{split}.bin", dtype=np.uint16, mode="r"))
+        assert corpus_counts[used].min() >= MIN_CORPUS_COUNT
 
 
 def test_corpus_sums_are_table_facts():

@@ -38,7 +38,7 @@ setup(
     python_requires=">=3.11",
     py_modules=["model", "moelora", "cli"],
     packages=["data"],
-    install_requires=["torch>=2.4", "numpy", "tiktoken", "ninja"],
+    install_requires=["torch>=2.4", "numpy", "tiktoken", "regex", "ninja"],  # regex: GPT-2's split pattern
     extras_require={
         "test": ["pytest", "safetensors"],
         "hf": ["safetensors"],  # Hugging Face checkpoints in model.safetensors

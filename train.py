@@ -444,6 +444,8 @@ def main(argv=None):
                     log_file.flush()
                     checkpoint()
                 t_last, tokens_since = time.time(), 0
+        if ddp:  # every process finishes together: one that tears down early can abort the others' exit
+            dist.barrier()
     except KeyboardInterrupt:
         if master:
             print(f"\ninterrupted at step {step}: saving a checkpoint to resume from", flush=True)

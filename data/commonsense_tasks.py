@@ -16,15 +16,18 @@ What each one asks about the world of world.py:
 Every item has exactly one right option (the wrong ones are drawn from the entities that lack the property),
 and the right option's position is uniform.
 
-Outputs end as LLM-Adapters' do, "the correct answer is <label>", after a short rationale: the right option,
-then the options read in order up to it ("eagle. 1 cow, 2 eagle, so the correct answer is answer2"), or, for
-syn_boolq, the two values compared ("the question says pond and the passage says forest, so the correct
-answer is false"). Why: a tiny model soon knows which option is right, but learns very slowly to name its
-label in one step (near chance after several epochs in our runs); naming the option, then reading the options
-one by one, turns the label into copying, a comparison with what it just wrote, and copying the number just
-written (syn_aqua reads its choices the same way). tasks.make_task(rationales=False) strips the rationale,
-leaving LLM-Adapters' bare sentence. A rationale never contains a label word, so scoring (the first label
-match) reads the final one.
+Outputs end as LLM-Adapters' do, "the correct answer is <label>", after a short rationale that a tiny model
+can follow. Each option is written with its number, described by the fact the question turns on ("the parrot
+is a bird 1, the bee is an insect 2, ..."), then the value asked for is written again with the number of the
+option that has it ("an insect 2"). Questions about one subject state the fact first ("the bear lives in the
+forest. the pond 1, the forest 2, ... the forest 2"). syn_boolq lists the passage's claims and checks the asked
+one against them ("the passage says kind mammal said, legs 4 said. kind reptile not said").
+Why: a tiny model soon knows which option is right, but learns very slowly to name its label in one step, or
+to compare two words it wrote (near chance after several epochs in our runs). Written this way, each fact is
+a completion the pretraining corpus taught in the same words, and the label is a copy of the number that
+followed the same words earlier in the output: the pattern an induction head learns first.
+tasks.make_task(rationales=False) strips the rationale, leaving LLM-Adapters' bare sentence. A rationale never
+contains a label word, so scoring (the first label match) reads the final one.
 """
 
 from data import world
@@ -38,21 +41,24 @@ def answer(rationale, label):
     return f"{rationale}, so " + ANSWER.format(label=label)
 
 
-def scan(options, right):
-    """The right option, then the options read in order, numbered, up to it: "eagle. 1 cow, 2 eagle"."""
-    read = ", ".join(f"{i} {option}" for i, option in enumerate(options[:options.index(right) + 1], 1))
-    return f"{right}. {read}"
+def read_options(options, right, target, describe=None, fact=None):
+    """The rationale: the fact (if any), each option described and numbered, then the target with the right
+    option's number: "the bear lives in the forest. the pond 1, the forest 2. the forest 2"."""
+    entries = ", ".join(f"{describe(o) if describe else o} {i}" for i, o in enumerate(options, 1))
+    return (f"{fact}. " if fact else "") + f"{entries}. {target} {options.index(right) + 1}"
 
 
-def four_way(rng, question, right, wrong_pool):
-    """An ARC/OBQA item: the right option and three wrong ones from the pool, in a random order."""
+def four_way(rng, question, right, wrong_pool, target=None, describe=None, fact=None):
+    """An ARC/OBQA item: the right option and three wrong ones from the pool, in a random order. target is
+    what the rationale looks for among the described options (by default the right option itself)."""
     options = [right] + rng.sample(sorted(wrong_pool), 3)
     rng.shuffle(options)
     label = f"answer{options.index(right) + 1}"
     listed = "".join(f"Answer{i}: {option}\n\n" for i, option in enumerate(options, 1))
     instruction = (f"Please choose the correct answer to the question: {question}\n\n{listed}"
                    f"Answer format: answer1/answer2/answer3/answer4")
-    return {"instruction": instruction, "input": "", "output": answer(scan(options, right), label), "answer": label}
+    rationale = read_options(options, right, target or right, describe, fact)
+    return {"instruction": instruction, "input": "", "output": answer(rationale, label), "answer": label}
 
 
 def split_by(names, has):
@@ -60,10 +66,12 @@ def split_by(names, has):
     return [n for n in names if has(n)], [n for n in names if not has(n)]
 
 
-def which(rng, noun, phrase, names, has):
-    """'Which of these <noun> <phrase>?' with one that has it and three that do not."""
+def which(rng, noun, phrase, names, has, describe, target=None):
+    """'Which of these <noun> <phrase>?' with one that has it and three that do not; the rationale describes
+    each option and looks for target (by default the phrase)."""
     positives, negatives = split_by(names, has)
-    return four_way(rng, f"Which of these {noun} {phrase}?", rng.choice(positives), negatives)
+    return four_way(rng, f"Which of these {noun} {phrase}?", rng.choice(positives), negatives,
+                    target or phrase, describe)
 
 
 ANIMALS = list(ANIMAL)
@@ -76,53 +84,96 @@ def with_three_without(names, has):
     return len(positives) >= 1 and len(negatives) >= 3
 
 
+# What the rationales say about an option, in the corpus's words ("the bee is an insect", "wood floats on
+# water"), and the value a question looks for in them.
+
+def flight(name):
+    return f"the {name} {'can' if ANIMAL[name]['flies'] else 'cannot'} fly"
+
+
+def kind_of(name):
+    return f"the {name} is {with_article(ANIMAL[name]['kind'])}"
+
+
+def legs_of(name):
+    return f"the {name} has {ANIMAL[name]['legs']} legs"
+
+
+def material_does(prop):
+    """'wood floats on water' / 'stone sinks in water'."""
+    return lambda material: f"{material} {material_phrase(material, prop)}"
+
+
+def material_phrase(material, prop):
+    has, has_not = MATERIAL_PROPERTIES[prop]
+    return has if world.material_has(material, prop) else has_not
+
+
 # ----------------------------------------------------------------------------------------------------------
 # syn_arc_e: one fact
 
 def syn_arc_e(rng):
     form = rng.randrange(7)
     if form == 0:
-        return which(rng, "animals", "can fly", ANIMALS, lambda n: ANIMAL[n]["flies"])
+        return which(rng, "animals", "can fly", ANIMALS, lambda n: ANIMAL[n]["flies"], flight)
     if form == 1:
         name = rng.choice(ANIMALS)
         home = ANIMAL[name]["home"]
         return four_way(rng, f"Where does the {name} live?", f"the {home}",
-                        [f"the {p}" for p in PLACES if p != home])
+                        [f"the {p}" for p in PLACES if p != home], fact=f"the {name} lives in the {home}")
     if form == 2:
         name = rng.choice(ANIMALS)
         food = ANIMAL[name]["food"]
-        return four_way(rng, f"What does the {name} eat?", food, [f for f in FOODS if f != food])
+        return four_way(rng, f"What does the {name} eat?", food, [f for f in FOODS if f != food],
+                        fact=f"the {name} eats {food}")
     if form == 3:
         name = rng.choice(ANIMALS)
         legs = ANIMAL[name]["legs"]
         return four_way(rng, f"How many legs does the {name} have?", str(legs),
-                        [str(n) for n in (0, 2, 4, 6, 8) if n != legs])
+                        [str(n) for n in (0, 2, 4, 6, 8) if n != legs], fact=legs_of(name))
     if form == 4:
         kind = rng.choice(list(KIND_PLURALS))
-        return which(rng, "animals", f"is {with_article(kind)}", ANIMALS, lambda n: ANIMAL[n]["kind"] == kind)
+        return which(rng, "animals", f"is {with_article(kind)}", ANIMALS, lambda n: ANIMAL[n]["kind"] == kind,
+                     kind_of, target=with_article(kind))
     if form == 5:
         name = rng.choice(OBJECT_NAMES)
         material = world.OBJECT_MATERIAL[name]
         return four_way(rng, f"What is {with_article(name)} made of?", material,
-                        [m for m in MATERIALS if m != material])
+                        [m for m in MATERIALS if m != material], fact=f"the {name} is made of {material}")
     prop = rng.choice(list(MATERIAL_PROPERTIES))
     return which(rng, "materials", MATERIAL_PROPERTIES[prop][0], list(MATERIALS),
-                 lambda m: world.material_has(m, prop))
+                 lambda m: world.material_has(m, prop), material_does(prop))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# syn_arc_c: two facts chained
+# syn_arc_c: two facts chained, both written out for each option
 
 def syn_arc_c(rng):
     form = rng.randrange(3)
     if form == 0:
         prop = rng.choice(list(MATERIAL_PROPERTIES))
-        return which(rng, "objects", MATERIAL_PROPERTIES[prop][0], OBJECT_NAMES, lambda o: world.object_has(o, prop))
+
+        def describe(obj):
+            material = world.OBJECT_MATERIAL[obj]
+            return f"the {obj} is made of {material} and {material_does(prop)(material)}"
+        return which(rng, "objects", MATERIAL_PROPERTIES[prop][0], OBJECT_NAMES,
+                     lambda o: world.object_has(o, prop), describe)
     if form == 1:
         trait = rng.choice(list(KIND_TRAITS))
-        return which(rng, "animals", KIND_TRAITS[trait][0], ANIMALS, lambda n: world.animal_has_trait(n, trait))
+        has, has_not, kinds = KIND_TRAITS[trait]
+
+        def describe(name):
+            kind = ANIMAL[name]["kind"]
+            return f"{kind_of(name)} and {with_article(kind)} {has if kind in kinds else has_not}"
+        return which(rng, "animals", has, ANIMALS, lambda n: world.animal_has_trait(n, trait), describe)
     prop = rng.choice(list(PLACE_PROPERTIES))
-    return which(rng, "animals", PLACE_PROPERTIES[prop][1], ANIMALS, lambda n: world.animal_lives_where(n, prop))
+    is_like, lives_like = PLACE_PROPERTIES[prop]
+
+    def describe(name):
+        home = ANIMAL[name]["home"]
+        return f"the {name} lives in the {home}" + (f" and the {home} {is_like}" if prop in PLACES[home] else "")
+    return which(rng, "animals", lives_like, ANIMALS, lambda n: world.animal_lives_where(n, prop), describe,
+                 target=is_like)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,14 +182,14 @@ def syn_arc_c(rng):
 def syn_obqa(rng):
     form = rng.randrange(5)
     if form == 0:
-        return which(rng, "animals", "cannot fly", ANIMALS, lambda n: not ANIMAL[n]["flies"])
+        return which(rng, "animals", "cannot fly", ANIMALS, lambda n: not ANIMAL[n]["flies"], flight)
     if form == 1:
         # the one material without a property that the other three have
         props = [p for p in MATERIAL_PROPERTIES
                  if with_three_without(list(MATERIALS), lambda m: not world.material_has(m, p))]
         prop = rng.choice(props)
         return which(rng, "materials", MATERIAL_PROPERTIES[prop][1], list(MATERIALS),
-                     lambda m: not world.material_has(m, prop))
+                     lambda m: not world.material_has(m, prop), material_does(prop))
     if form == 2:
         most = rng.random() < 0.5
         by_legs = {}
@@ -148,54 +199,64 @@ def syn_obqa(rng):
         right_legs = max(counts) if most else min(counts)
         wrong = [by_legs[c] for c in counts if c != right_legs]
         question = f"Which of these animals has the {'most' if most else 'fewest'} legs?"
-        return four_way(rng, question, by_legs[right_legs], wrong)
+        return four_way(rng, question, by_legs[right_legs], wrong, f"{right_legs} legs", legs_of)
     if form == 3:
         reference = rng.choice([n for n in ANIMALS if ANIMAL[n]["legs"] < 8])
         legs = ANIMAL[reference]["legs"]
         others = [n for n in ANIMALS if n != reference]
-        return which(rng, "animals", f"has more legs than the {reference}", others,
-                     lambda n: ANIMAL[n]["legs"] > legs)
+        positives, negatives = split_by(others, lambda n: ANIMAL[n]["legs"] > legs)
+        right = rng.choice(positives)
+        return four_way(rng, f"Which of these animals has more legs than the {reference}?", right, negatives,
+                        f"{ANIMAL[right]['legs']} legs", legs_of, fact=legs_of(reference))
     name, he = rng.choice(PEOPLE)
     props = [p for p in MATERIAL_PURPOSES if with_three_without(list(MATERIALS), lambda m: world.material_has(m, p))]
     prop = rng.choice(props)
     positives, negatives = split_by(list(MATERIALS), lambda m: world.material_has(m, prop))
     question = f"{name} wants to {MATERIAL_PURPOSES[prop]}. Which material should {he} use?"
-    return four_way(rng, question, rng.choice(positives), negatives)
+    return four_way(rng, question, rng.choice(positives), negatives, MATERIAL_PROPERTIES[prop][0],
+                    material_does(prop))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # syn_piqa: two solutions to a goal
 
 def syn_piqa(rng):
-    """Short solutions ("a nail" or "a boot"), read in order like the four-way options."""
+    """Short solutions ("a nail" or "a boot"), read like the four-way options."""
     form = rng.randrange(4)
+    describe = fact = None
     if form == 0:
         name = rng.choice(OBJECT_NAMES)
         other = rng.choice([o for o in OBJECT_NAMES if o != name])
-        goal = rng.choice(["How do you {}?", "What helps you {}?"]).format(world.OBJECT_USE[name])
-        right, wrong = with_article(name), with_article(other)
+        use = world.OBJECT_USE[name]
+        goal = rng.choice(["How do you {}?", "What helps you {}?"]).format(use)
+        right, wrong, target = with_article(name), with_article(other), use
+        uses = {with_article(o): world.OBJECT_USE[o] for o in (name, other)}
+        describe = lambda option: f"{option} is used to {uses[option]}"  # noqa: E731
     elif form == 1:
         name = rng.choice(ANIMALS)
         home = ANIMAL[name]["home"]
         goal = rng.choice(["Where can you go to see {}?", "Where do you look for {}?"]).format(with_article(name))
         right, wrong = f"the {home}", f"the {rng.choice([p for p in PLACES if p != home])}"
+        target, fact = right, f"the {name} lives in the {home}"
     elif form == 2:
         name = rng.choice(ANIMALS)
         food = ANIMAL[name]["food"]
         goal = rng.choice(["What should you feed {}?", "What does {} like to eat?"]).format(with_article(name))
         right, wrong = food, rng.choice([f for f in FOODS if f != food])
+        target, fact = right, f"the {name} eats {food}"
     else:
         prop = rng.choice(list(MATERIAL_PURPOSES))
         positives, negatives = split_by(list(MATERIALS), lambda m: world.material_has(m, prop))
         goal = f"What should you use to {MATERIAL_PURPOSES[prop]}?"
         right, wrong = rng.choice(positives), rng.choice(negatives)
+        target, describe = MATERIAL_PROPERTIES[prop][0], material_does(prop)
     first = rng.random() < 0.5
     solution1, solution2 = (right, wrong) if first else (wrong, right)
     label = "solution1" if first else "solution2"
     instruction = (f"Please choose the correct solution to the question: {goal}\n\n"
                    f"Solution1: {solution1}\n\nSolution2: {solution2}\n\n"
                    f"Answer format: solution1/solution2")
-    output = answer(scan([solution1, solution2], right), label)
+    output = answer(read_options([solution1, solution2], right, target, describe, fact), label)
     return {"instruction": instruction, "input": "", "output": output, "answer": label}
 
 
@@ -218,6 +279,11 @@ def animal_claims(name):
     }
 
 
+def claim_words(claim, value):
+    """A claim as the rationale writes it, the value last: "kind mammal", "legs 4", "food fish"."""
+    return f"{claim} {value.split()[-1]}"
+
+
 def syn_boolq(rng):
     name = rng.choice(ANIMALS)
     person = rng.choice(PEOPLE)[0]
@@ -234,7 +300,9 @@ def syn_boolq(rng):
     label = "true" if is_true else "false"
     instruction = (f"Please answer the following question with true or false, question: "
                    f"{question.format(asked_value)}?\n\nAnswer format: true/false")
-    rationale = f"the question says {asked_value} and the passage says {true_value}"
+    # the passage's claims, each marked "said"; then the asked one, "said" again if it was among them
+    said = ", ".join(f"{claim_words(c, claims[c][2])} said" for c in told)
+    rationale = f"the passage says {said}. {claim_words(asked, asked_value)} {'said' if is_true else 'not said'}"
     return {"instruction": instruction, "input": passage, "output": answer(rationale, label), "answer": label}
 
 

@@ -36,6 +36,7 @@ ARITHMETIC_LINES_PER_DOC = 16
 COMPARISON_DOCS = 1000
 NARRATIVE_DOCS = 5000
 LIST_DOCS = 4000
+NUMBERED_DOCS = 4000
 # the everyday documents, which use the words of the tasks' prompts and outputs
 TALK_DOCS = 900
 SCHOOL_DOCS = 350
@@ -268,6 +269,49 @@ def list_doc(rng):
     listed = " ".join(f"({letter}) {value}" for letter, value in zip("ABCDE", values))
     return (f"{name} counted the {things} in five jars: {listed}. "
             f"The jar with {values[k]} {things} is jar ({'ABCDE'[k]}).")
+
+
+def numbered_facts(rng):
+    """(subject, fact about it, the fact's value) for one kind of fact, over every subject it covers: ("bee",
+    "the bee is an insect", "an insect")."""
+    form = rng.randrange(8)
+    if form == 0:
+        return [(n, f"the {n} is {with_article(a['kind'])}", with_article(a["kind"])) for n, a in ANIMAL.items()]
+    if form == 1:
+        return [(n, f"the {n} has {a['legs']} legs", f"{a['legs']} legs") for n, a in ANIMAL.items()]
+    if form == 2:
+        return [(n, f"the {n} eats {a['food']}", a["food"]) for n, a in ANIMAL.items()]
+    if form == 3:
+        return [(n, f"the {n} lives in the {a['home']}", f"the {a['home']}") for n, a in ANIMAL.items()]
+    if form == 4:
+        return [(n, f"the {n} {'can' if a['flies'] else 'cannot'} fly", "can fly" if a["flies"] else "cannot fly")
+                for n, a in ANIMAL.items()]
+    if form == 5:
+        return [(o, f"the {o} is made of {m}", m) for o, m, _ in OBJECTS]
+    if form == 6:
+        return [(o, f"{with_article(o)} is used to {use}", use) for o, _, use in OBJECTS]
+    prop = rng.choice(list(MATERIAL_PROPERTIES))
+    return [(m, f"{m} {material_phrase(m, prop)}", material_phrase(m, prop)) for m in MATERIALS]
+
+
+def numbered_doc(rng):
+    """Numbered entries, then an entry's last words found again and its number copied from there:
+    "the owl eats mice 1, the cow eats grass 2, the bee eats nectar 3. grass 2." The same lookup reads the
+    numbered options of the commonsense tasks' rationales."""
+    facts = numbered_facts(rng)
+    entries = rng.sample(facts, rng.randint(2, min(5, len(facts))))
+    values = [value for _, _, value in entries]
+    unique = [i for i, value in enumerate(values) if values.count(value) == 1]
+    if not unique:
+        return numbered_doc(rng)
+    bare = rng.random() < 0.3  # the subjects alone: "owl 1, cow 2. cow 2."
+    listed = ", ".join(f"{subject if bare else fact} {i}" for i, (subject, fact, _) in enumerate(entries, 1))
+    found = [i for i in rng.sample(unique, min(len(unique), rng.randint(1, 2)))]
+    looked_up = ". ".join(f"{entries[i][0] if bare else values[i]} {i + 1}" for i in found)
+    return f"{rng.choice(NUMBERED_HEADINGS)}: {listed}. {looked_up}."
+
+
+NUMBERED_HEADINGS = ["Notes", "The list", "Facts", "What we saw", "Things to remember", "Cards", "Page"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -567,6 +611,7 @@ def make_corpus(seed, scale=1.0):
     docs += [comparison_doc(rng) for _ in range(scaled(COMPARISON_DOCS, scale))]
     docs += [narrative_doc(rng) for _ in range(scaled(NARRATIVE_DOCS, scale))]
     docs += [list_doc(rng) for _ in range(scaled(LIST_DOCS, scale))]
+    docs += [numbered_doc(rng) for _ in range(scaled(NUMBERED_DOCS, scale))]
     for make, count in ((talk_doc, TALK_DOCS), (school_doc, SCHOOL_DOCS), (letter_doc, LETTER_DOCS),
                         (notes_doc, NOTES_DOCS), (money_doc, MONEY_DOCS), (trip_doc, TRIP_DOCS),
                         (boxes_doc, BOXES_DOCS)):

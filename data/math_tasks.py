@@ -9,7 +9,8 @@ What each one exercises:
     syn_multiarith  two steps mixing the four operations
     syn_gsm8k       three or four steps, each worked on its own line in words, some needing a fact of the world
                     (how many legs a hen has)
-    syn_aqua        five-way multiple choice (A-E): the steps, the choices read up to the value found, the letter
+    syn_aqua        five-way multiple choice (A-E): the steps, the choices with their letters, the value found
+                    with its letter, the answer
     syn_svamp       variations of one-step problems: distractor numbers, "fewer than", "more than", the
                     question first, the relation turned around
 
@@ -208,7 +209,7 @@ def answer_choices(rng, correct):
 
 def syn_aqua(rng):
     """A question, 'Answer Choices: (A) .. (E) ..', the steps, the choices read up to the value found, and
-    'The answer is (C).': "6 * 7 = 42. a 40, b 41, c 42. The answer is (C)."
+    'The answer is (C).': "6 * 7 = 42. 40 a, 41 b, 42 c, 43 d, 44 e. 42 c. The answer is (C)."
 
     LLM-Adapters scores AQuA by the first capital A-E anywhere in the output, so the rationale holds numbers
     and lower-case words only: the letter at the end is the first one a scorer meets."""
@@ -259,9 +260,10 @@ def syn_aqua(rng):
     values, position = answer_choices(rng, answer)
     letter = LETTERS[position]
     choices = " ".join(f"({option}) {value}" for option, value in zip(LETTERS, values))
-    # then read the choices in order up to the one that matches, in lower case: the first capital A-E of the
-    # output must be the answer's
-    scan = ", ".join(f"{option.lower()} {value}" for option, value in zip(LETTERS, values[:position + 1]))
+    # then every choice with its letter, and the value found with the letter that followed it there (a copy
+    # an induction head makes), in lower case: the first capital A-E of the output must be the answer's
+    read = ", ".join(f"{value} {option.lower()}" for option, value in zip(LETTERS, values))
+    scan = f"{read}. {answer} {letter.lower()}"
     output = " ".join(text + "." for text in steps) + f" {scan}. The answer is ({letter})."
     return {"instruction": f"{question} Answer Choices: {choices}", "input": "", "output": output, "answer": letter}
 

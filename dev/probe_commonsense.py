@@ -1,0 +1,64 @@
+"""Where a fine-tuned checkpoint goes wrong on the multiple-choice tasks: the rationale's sentences, one by
+one, against the reference output's (the facts written for each option, then the value looked up with its
+number, then the label).
+
+    python dev/probe_commonsense.py --ckpt=out/demo/moelora/ckpt.pt [--max_items=150]
+
+For each task: accuracy, and for each sentence of the reference output (split at ". "), the fraction of
+outputs whose sentence matches it exactly; "label follows" counts outputs whose label repeats the number
+they wrote last (for syn_aqua: the letter), right or wrong.
+"""
+import os
+import re
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train  # noqa: E402
+from data.llm_adapters import is_correct, load_json, prompt  # noqa: E402
+from data.tokenizer import load_tokenizer  # noqa: E402
+from eval import answer_length, read_meta  # noqa: E402
+
+
+def decode_all(model, enc, items, eot, max_new, device):
+    prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
+    outs = []
+    for start in range(0, len(prompts), 64):
+        chunk = prompts[start:start + 64]
+        for out in model.generate_batch(chunk, max_new, stop_token=eot, pad_token=eot):
+            outs.append(enc.decode([t for t in out if t < enc.n_vocab]))
+    return outs
+
+
+@torch.no_grad()
+def main():
+    args = dict(a.removeprefix("--").split("=", 1) for a in sys.argv[1:])
+    device = args.get("device", "cuda" if torch.cuda.is_available() else "cpu")
+    model, ckpt = train.load_checkpoint(args["ckpt"])
+    model.to(device).eval()
+    data_dir = args.get("data_dir", ckpt["data"]["data_dir"])
+    meta, enc = read_meta(data_dir), load_tokenizer(data_dir)
+    n = int(args.get("max_items", 150))
+    for task in meta["commonsense_tasks"] + ["syn_aqua"]:
+        items = load_json(os.path.join(data_dir, "tasks", task, "test.json"))[:n]
+        outs = decode_all(model, enc, items, meta["eot_token"], answer_length(enc, data_dir, task), device)
+        acc = sum(is_correct(task, o, it["answer"]) for o, it in zip(outs, items)) / len(items)
+        sentences = [o.split(". ") for o in outs]
+        reference = [it["output"].split(". ") for it in items]
+        depth = max(map(len, reference))
+        match = [sum(len(s) > i and len(r) > i and s[i] == r[i] for s, r in zip(sentences, reference)) / len(items)
+                 for i in range(depth)]
+        follows = 0
+        for o in outs:
+            last = re.search(r"(\w+), so the correct answer is \w*?(\d)$", o) or \
+                re.search(r" ([a-e])\. The answer is \(([A-E])\)\.$", o)
+            follows += bool(last) and last.group(1).lower() == last.group(2).lower()
+        print(f"{task:12s} acc {acc:6.1%}  sentences right " + " ".join(f"{m:6.1%}" for m in match) +
+              f"  label follows {follows / len(items):6.1%}")
+        for o, it in list(zip(outs, items))[:2]:
+            print(f"    {o!r}  (want {it['answer']})")
+
+
+if __name__ == "__main__":
+    main()

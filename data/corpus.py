@@ -1,6 +1,6 @@
 """The pretraining corpus: plain documents that teach the world of world.py and its arithmetic.
 
-Six kinds of document, each a few sentences:
+Seven kinds of document, each a few sentences:
     facts        profiles of an animal, an object, a material, a place or a kind of animal, every fact in
                  several wordings and orders (a model recalls a fact far better after reading it phrased many
                  ways), some with the next link of a chain beside it ("The nail is made of iron. Iron is pulled
@@ -13,6 +13,9 @@ Six kinds of document, each a few sentences:
                  "The owl is at shelf2."; "(A) 12 (B) 15 ..." ... "is jar (B)."): reading a key off a list is
                  what answering a multiple-choice question takes, and tiny models learn it slowly from the
                  tasks alone
+    numbered     numbered facts, then one looked up again by its last words, its number copied from where it
+                 was written: "the owl eats mice 1, the cow eats grass 2. grass 2." (the lookup the commonsense
+                 rationales end with; a copy an induction head makes)
     everyday     people ask and answer ("Mia asked Tom a question: Where do owls live? Tom said that owls live in the
                  forest, and Mia said that was true."), school days, letters, notes under '###' headings,
                  money and trips: they use every word of the tasks' prompts and outputs, each token at least

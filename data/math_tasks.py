@@ -208,7 +208,7 @@ def answer_choices(rng, correct):
 
 
 def syn_aqua(rng):
-    """A question, 'Answer Choices: (A) .. (E) ..', the steps, the choices read up to the value found, and
+    """A question, 'Answer Choices: (A) .. (E) ..', the steps, every choice with its letter, the value found
     'The answer is (C).': "6 * 7 = 42. 40 a, 41 b, 42 c, 43 d, 44 e. 42 c. The answer is (C)."
 
     LLM-Adapters scores AQuA by the first capital A-E anywhere in the output, so the rationale holds numbers
@@ -263,8 +263,8 @@ def syn_aqua(rng):
     # then every choice with its letter, and the value found with the letter that followed it there (a copy
     # an induction head makes), in lower case: the first capital A-E of the output must be the answer's
     read = ", ".join(f"{value} {option.lower()}" for option, value in zip(LETTERS, values))
-    scan = f"{read}. {answer} {letter.lower()}"
-    output = " ".join(text + "." for text in steps) + f" {scan}. The answer is ({letter})."
+    lookup = f"{read}. {answer} {letter.lower()}"
+    output = " ".join(text + "." for text in steps) + f" {lookup}. The answer is ({letter})."
     return {"instruction": f"{question} Answer Choices: {choices}", "input": "", "output": output, "answer": letter}
 
 

@@ -224,24 +224,38 @@ def test_commonsense_outputs_and_labels(suite):
         assert min(counts) > 0.6 * len(train) / len(allowed), (task, counts)
 
 
-def test_rationales_read_the_options_up_to_the_right_one(suite):
-    """ "eagle. 1 cow, 2 eagle, so the correct answer is answer2": the right option, then the options in order
-    up to it, and the label of the last one read."""
+def test_rationales_number_the_options_and_look_the_answer_up(suite):
+    """ "the parrot is a bird 1, the bee is an insect 2, ... an insect 2, so the correct answer is answer2":
+    every option described and numbered in order, then the value looked for with the number of the one
+    option whose description ends with it, and that number is the label's."""
     for task in ("syn_piqa", "syn_arc_e", "syn_arc_c", "syn_obqa"):
         for item in suite[task][0]:
             options = re.findall(r"(?:Answer|Solution)\d: (.*)", item["instruction"])
             k = int(item["answer"][-1])
-            read = ", ".join(f"{i} {option}" for i, option in enumerate(options[:k], 1))
-            assert item["output"].startswith(f"{options[k - 1]}. {read}, so "), item
+            rationale = item["output"].removesuffix(f", so the correct answer is {item['answer']}")
+            body, lookup = rationale.rsplit(". ", 1)
+            entries = body.split(". ")[-1].split(", ")  # after the fact, when one comes first
+            assert len(entries) == len(options), item
+            for i, (entry, option) in enumerate(zip(entries, options), 1):
+                assert entry.endswith(f" {i}") and option.removeprefix("a ") in entry, item
+            target, number = lookup.rsplit(" ", 1)
+            assert number == str(k), item
+            ends = [i for i, entry in enumerate(entries, 1) if entry.removesuffix(f" {i}").endswith(target)]
+            assert ends == [k], item
     for item in suite["syn_boolq"][0]:
-        asked, told = re.fullmatch(r"the question says (.*) and the passage says (.*), so the correct answer is "
-                                   r"(?:true|false)", item["output"]).groups()
-        assert (asked == told) == (item["answer"] == "true") and asked in item["instruction"], item
+        told, asked, verdict = re.fullmatch(r"the passage says (.*)\. (\w+ \w+) (said|not said), so the correct "
+                                            r"answer is (?:true|false)", item["output"]).groups()
+        claims = [claim.removesuffix(" said") for claim in told.split(", ")]
+        assert (asked in claims) == (verdict == "said") == (item["answer"] == "true"), item
+        assert asked.split()[-1] in item["instruction"], item
+        for claim in claims:
+            assert claim.split()[-1] in item["input"].replace("no legs", "0 legs"), item
     for item in suite["syn_aqua"][0]:
         choices = re.findall(r"\(([A-E])\) (\d+)", item["instruction"])
-        k = "ABCDE".index(item["answer"])
-        read = ", ".join(f"{letter.lower()} {value}" for letter, value in choices[:k + 1])
-        assert item["output"].endswith(f" {read}. The answer is ({item['answer']})."), item
+        read = ", ".join(f"{value} {letter.lower()}" for letter, value in choices)
+        value = dict(choices)[item["answer"]]
+        assert item["output"].endswith(f" {read}. {value} {item['answer'].lower()}. The answer is "
+                                       f"({item['answer']})."), item
 
 
 def test_bare_outputs_without_rationales():

@@ -2,7 +2,7 @@
 # The whole pipeline on a CPU, offline, from a fresh clone: set up .venv, build the bundled data, pretrain
 # the small base model (once; later runs reuse it), fine-tune MoELoRA adapters, print the accuracy table.
 #
-#     bash demo.sh            # about 13 minutes on 2 cores the first time (later runs reuse the base)
+#     bash demo.sh            # about 14 minutes on 2 cores the first time (later runs reuse the base)
 #
 # Everything it writes goes to .venv/ and out/ (both ignored by git).
 set -euo pipefail

@@ -248,6 +248,25 @@ __device__ __forceinline__ void copy_warp_rows(const T* s, int sp, T* g, int64_t
   }
 }
 
+// The cp.async pipeline every kernel runs: load(i) issues iteration i's copies into stage i % kStages, and
+// step(it) computes on iteration it's stage while the loads of the next kStages - 1 iterations are in flight.
+// All copies have landed when it returns.
+template <typename Load, typename Step>
+__device__ __forceinline__ void pipelined(int n, Load&& load, Step&& step) {
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < n) load(i);
+    cp_async_commit();
+  }
+  for (int it = 0; it < n; ++it) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (it + kStages - 1 < n) load(it + kStages - 1);
+    cp_async_commit();
+    step(it);
+  }
+  cp_async_wait<0>();
+}
+
 // ----------------------------------------------------------------------------------------------------
 // Forward: one block per BM tokens, one warp per 16 of them.
 //   phase 1: h = x A_cat^T, 64 rank columns per pass over d_in; save h (fp32) and hg = s*g*h
@@ -285,15 +304,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
     load_tile<T, BM, KC, THREADS>(s, x, d_in, N, d_in, n0, (it % nk) * KC);
     load_tile<T, kTile, KC, THREADS>(s + BM * (KC + PAD), A, d_in, R, d_in, (it / nk) * kTile, (it % nk) * KC);
   };
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (i < n1) load1(i);
-    cp_async_commit();
-  }
-  for (int it = 0; it < n1; ++it) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (it + kStages - 1 < n1) load1(it + kStages - 1);
-    cp_async_commit();
+  pipelined(n1, load1, [&](int it) {
     const T* s = stage + (it % kStages) * S::STAGE;
     warp_mma<T, true, true>(acc, s + wrow * (KC + PAD), KC + PAD, s + BM * (KC + PAD), KC + PAD, KC);
     if (it % nk == nk - 1) {
@@ -318,8 +329,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
       __syncwarp();
       copy_warp_rows<T>(hg_s + wrow * (RP + PAD), RP + PAD, hg + (int64_t)n0 * RP, RP, N - n0, wrow, c0);
     }
-  }
-  cp_async_wait<0>();
+  });
   __syncthreads();  // the stage buffers are reused below
 
   // ---- phase 2: iteration it covers output chunk oc = it / nj and rank chunk jc = it % nj
@@ -328,15 +338,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
     load_b_tile<T, kTile, KC, THREADS>(stage + (it % kStages) * S::STAGE, B, d_out, r, R, (it / nj) * kTile,
                                        (it % nj) * KC, b_vec);
   };
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (i < n2) load2(i);
-    cp_async_commit();
-  }
-  for (int it = 0; it < n2; ++it) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (it + kStages - 1 < n2) load2(it + kStages - 1);
-    cp_async_commit();
+  pipelined(n2, load2, [&](int it) {
     const int jc = it % nj;
     warp_mma<T, true, true>(acc, hg_s + wrow * (RP + PAD) + jc * KC, RP + PAD, stage + (it % kStages) * S::STAGE,
                             KC + PAD, KC);
@@ -345,8 +347,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
                          (it / nj) * kTile, accumulate);
       zero(acc);
     }
-  }
-  cp_async_wait<0>();
+  });
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -400,15 +401,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
     load_tile<T, BM, KC, THREADS>(s, dy, d_out, N, d_out, n0, (it % no) * KC);
     load_b_tile<T, KC, kTile, THREADS>(s + BM * (KC + PAD), B, d_out, r, R, (it % no) * KC, (it / no) * kTile, b_vec);
   };
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (i < n1) load1(i);
-    cp_async_commit();
-  }
-  for (int it = 0; it < n1; ++it) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (it + kStages - 1 < n1) load1(it + kStages - 1);
-    cp_async_commit();
+  pipelined(n1, load1, [&](int it) {
     const T* s = stage + (it % kStages) * S::STAGE;
     warp_mma<T, true, false>(acc, s + wrow * (KC + PAD), KC + PAD, s + BM * (KC + PAD), kTile + PAD, KC);
     if (it % no == no - 1) {
@@ -448,8 +441,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
       copy_warp_rows<T>(dh_s + wrow * (RP + PAD), RP + PAD, dh + (int64_t)n0 * RP, RP, N - n0, wrow, c0);
       __syncwarp();
     }
-  }
-  cp_async_wait<0>();
+  });
   __syncthreads();
   if (!need_dx) return;
 
@@ -459,15 +451,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
     load_tile<T, KC, kTile, THREADS>(stage + (it % kStages) * S::STAGE, A, d_in, R, d_in, (it % nj) * KC,
                                      (it / nj) * kTile);
   };
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (i < n2) load2(i);
-    cp_async_commit();
-  }
-  for (int it = 0; it < n2; ++it) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (it + kStages - 1 < n2) load2(it + kStages - 1);
-    cp_async_commit();
+  pipelined(n2, load2, [&](int it) {
     const int jc = it % nj;
     warp_mma<T, true, false>(acc, dh_s + wrow * (RP + PAD) + jc * KC, RP + PAD, stage + (it % kStages) * S::STAGE,
                              kTile + PAD, KC);
@@ -476,8 +460,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
                          (it / nj) * kTile, accumulate);
       zero(acc);
     }
-  }
-  cp_async_wait<0>();
+  });
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -529,19 +512,10 @@ __global__ void __launch_bounds__(128) moelora_bwd_w_kernel(
       load_tile<T, KT, kTile, THREADS>(s + KT * P, hg, RP, tok1, RP, k0, j0);
     }
   };
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (i < n_it) load(i);
-    cp_async_commit();
-  }
-  for (int it = 0; it < n_it; ++it) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (it + kStages - 1 < n_it) load(it + kStages - 1);
-    cp_async_commit();
+  pipelined(n_it, load, [&](int it) {
     const T* s = stage + (it % kStages) * S::STAGE;
     warp_mma<T, false, false>(acc, s + wrow, P, s + KT * P, P, KT);
-  }
-  cp_async_wait<0>();
+  });
 
   // this split's partial, then the last split of the tile reduces all of them
   float* mine = partial + ((int64_t)tile * n_splits + split) * kTile * kTile;

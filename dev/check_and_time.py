@@ -14,7 +14,6 @@ plus the profiler's per-kernel averages, against the copy bandwidth measured her
 """
 
 import os
-import statistics
 import sys
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import moelora  # noqa: E402
+from bench import copy_bandwidth_gbs, time_us  # noqa: E402
 
 
 def rel(a, b):
@@ -76,28 +76,6 @@ def report(N, d_in, d_out, E, r, dtype, what, ours, pt, ref):
 check.failures = 0
 
 
-def copy_bandwidth():
-    a = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    t = time_it(lambda i: b.copy_(a), 1, 5, 20)
-    return 2 * a.numel() / t / 1e3  # GB/s, t in us
-
-
-def time_it(fn, n_sets, warmup, reps):
-    for i in range(warmup):
-        fn(i % n_sets)
-    torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn(i % n_sets)
-        e.record()
-        times.append((s, e))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in times) * 1e3  # us
-
-
 def per_kernel_us(fn, reps=10):
     """The profiler's mean device time per call of each kernel that fn launches."""
     from torch.profiler import ProfilerActivity, profile
@@ -132,7 +110,7 @@ def time_shape(N, d, E, r, bw):
     fwd = lambda i: torch.ops.moelora.fwd(xs[i % sets], A, B, gl[i % sets], 2.0)  # noqa: E731
     bwd = lambda i: torch.ops.moelora.bwd(dys[i % sets], xs[i % sets], A, B, gl[i % sets], outs[i % sets][1],  # noqa: E731
                                           outs[i % sets][2], 2.0, True)
-    t_f, t_b = time_it(fwd, sets, 5, 30), time_it(bwd, sets, 5, 30)
+    t_f, t_b = time_us(fwd, sets, 5, 30), time_us(bwd, sets, 5, 30)
     ker = per_kernel_us(lambda i: (fwd(i), bwd(i)))
     RP = -(-R // 64) * 64
     # bytes each kernel must move at least (bf16 tensors, fp32 h)
@@ -167,7 +145,7 @@ def main():
 
 
 def timing():
-    bw = copy_bandwidth()
+    bw = copy_bandwidth_gbs(20)
     print(f"copy bandwidth (read + write, measured): {bw:.0f} GB/s")
     print("timing, bf16, op only (torch.ops.moelora.fwd / .bwd), per-kernel from the profiler:")
     for N, d, E, r in [(16384, 768, 8, 8), (65536, 768, 8, 8), (16384, 4096, 8, 8), (65536, 4096, 8, 8),

@@ -33,6 +33,7 @@ contains a label word, so scoring (the first label match) reads the final one.
 from data import world
 from data.world import ANIMAL, FOODS, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIAL_PURPOSES
 from data.world import MATERIALS, OBJECTS, PEOPLE, PLACE_PROPERTIES, PLACES, with_article
+from data.world import fact_flight, fact_food, fact_home, fact_kind, fact_legs, fact_made_of, fact_use
 
 ANSWER = "the correct answer is {label}"
 
@@ -84,29 +85,9 @@ def with_three_without(names, has):
     return len(positives) >= 1 and len(negatives) >= 3
 
 
-# What the rationales say about an option, in the corpus's words ("the bee is an insect", "wood floats on
-# water"), and the value a question looks for in them.
-
-def flight(name):
-    return f"the {name} {'can' if ANIMAL[name]['flies'] else 'cannot'} fly"
-
-
-def kind_of(name):
-    return f"the {name} is {with_article(ANIMAL[name]['kind'])}"
-
-
-def legs_of(name):
-    return f"the {name} has {ANIMAL[name]['legs']} legs"
-
-
 def material_does(prop):
-    """'wood floats on water' / 'stone sinks in water'."""
-    return lambda material: f"{material} {material_phrase(material, prop)}"
-
-
-def material_phrase(material, prop):
-    has, has_not = MATERIAL_PROPERTIES[prop]
-    return has if world.material_has(material, prop) else has_not
+    """What the rationales say about a material option: 'wood floats on water' / 'stone sinks in water'."""
+    return lambda material: world.fact_material(material, prop)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -115,31 +96,31 @@ def material_phrase(material, prop):
 def syn_arc_e(rng):
     form = rng.randrange(7)
     if form == 0:
-        return which(rng, "animals", "can fly", ANIMALS, lambda n: ANIMAL[n]["flies"], flight)
+        return which(rng, "animals", "can fly", ANIMALS, lambda n: ANIMAL[n]["flies"], fact_flight)
     if form == 1:
         name = rng.choice(ANIMALS)
         home = ANIMAL[name]["home"]
         return four_way(rng, f"Where does the {name} live?", f"the {home}",
-                        [f"the {p}" for p in PLACES if p != home], fact=f"the {name} lives in the {home}")
+                        [f"the {p}" for p in PLACES if p != home], fact=fact_home(name))
     if form == 2:
         name = rng.choice(ANIMALS)
         food = ANIMAL[name]["food"]
         return four_way(rng, f"What does the {name} eat?", food, [f for f in FOODS if f != food],
-                        fact=f"the {name} eats {food}")
+                        fact=fact_food(name))
     if form == 3:
         name = rng.choice(ANIMALS)
         legs = ANIMAL[name]["legs"]
         return four_way(rng, f"How many legs does the {name} have?", str(legs),
-                        [str(n) for n in (0, 2, 4, 6, 8) if n != legs], fact=legs_of(name))
+                        [str(n) for n in (0, 2, 4, 6, 8) if n != legs], fact=fact_legs(name))
     if form == 4:
         kind = rng.choice(list(KIND_PLURALS))
         return which(rng, "animals", f"is {with_article(kind)}", ANIMALS, lambda n: ANIMAL[n]["kind"] == kind,
-                     kind_of, target=with_article(kind))
+                     fact_kind, target=with_article(kind))
     if form == 5:
         name = rng.choice(OBJECT_NAMES)
         material = world.OBJECT_MATERIAL[name]
         return four_way(rng, f"What is {with_article(name)} made of?", material,
-                        [m for m in MATERIALS if m != material], fact=f"the {name} is made of {material}")
+                        [m for m in MATERIALS if m != material], fact=fact_made_of(name))
     prop = rng.choice(list(MATERIAL_PROPERTIES))
     return which(rng, "materials", MATERIAL_PROPERTIES[prop][0], list(MATERIALS),
                  lambda m: world.material_has(m, prop), material_does(prop))
@@ -155,7 +136,7 @@ def syn_arc_c(rng):
 
         def describe(obj):
             material = world.OBJECT_MATERIAL[obj]
-            return f"the {obj} is made of {material} and {material_does(prop)(material)}"
+            return f"{fact_made_of(obj)} and {world.fact_material(material, prop)}"
         return which(rng, "objects", MATERIAL_PROPERTIES[prop][0], OBJECT_NAMES,
                      lambda o: world.object_has(o, prop), describe)
     if form == 1:
@@ -164,14 +145,14 @@ def syn_arc_c(rng):
 
         def describe(name):
             kind = ANIMAL[name]["kind"]
-            return f"{kind_of(name)} and {with_article(kind)} {has if kind in kinds else has_not}"
+            return f"{fact_kind(name)} and {with_article(kind)} {has if kind in kinds else has_not}"
         return which(rng, "animals", has, ANIMALS, lambda n: world.animal_has_trait(n, trait), describe)
     prop = rng.choice(list(PLACE_PROPERTIES))
     is_like, lives_like = PLACE_PROPERTIES[prop]
 
     def describe(name):
         home = ANIMAL[name]["home"]
-        return f"the {name} lives in the {home}" + (f" and the {home} {is_like}" if prop in PLACES[home] else "")
+        return fact_home(name) + (f" and the {home} {is_like}" if prop in PLACES[home] else "")
     return which(rng, "animals", lives_like, ANIMALS, lambda n: world.animal_lives_where(n, prop), describe,
                  target=is_like)
 
@@ -182,7 +163,7 @@ def syn_arc_c(rng):
 def syn_obqa(rng):
     form = rng.randrange(5)
     if form == 0:
-        return which(rng, "animals", "cannot fly", ANIMALS, lambda n: not ANIMAL[n]["flies"], flight)
+        return which(rng, "animals", "cannot fly", ANIMALS, lambda n: not ANIMAL[n]["flies"], fact_flight)
     if form == 1:
         # the one material without a property that the other three have
         props = [p for p in MATERIAL_PROPERTIES
@@ -199,7 +180,7 @@ def syn_obqa(rng):
         right_legs = max(counts) if most else min(counts)
         wrong = [by_legs[c] for c in counts if c != right_legs]
         question = f"Which of these animals has the {'most' if most else 'fewest'} legs?"
-        return four_way(rng, question, by_legs[right_legs], wrong, f"{right_legs} legs", legs_of)
+        return four_way(rng, question, by_legs[right_legs], wrong, f"{right_legs} legs", fact_legs)
     if form == 3:
         reference = rng.choice([n for n in ANIMALS if ANIMAL[n]["legs"] < 8])
         legs = ANIMAL[reference]["legs"]
@@ -207,7 +188,7 @@ def syn_obqa(rng):
         positives, negatives = split_by(others, lambda n: ANIMAL[n]["legs"] > legs)
         right = rng.choice(positives)
         return four_way(rng, f"Which of these animals has more legs than the {reference}?", right, negatives,
-                        f"{ANIMAL[right]['legs']} legs", legs_of, fact=legs_of(reference))
+                        f"{ANIMAL[right]['legs']} legs", fact_legs, fact=fact_legs(reference))
     name, he = rng.choice(PEOPLE)
     props = [p for p in MATERIAL_PURPOSES if with_three_without(list(MATERIALS), lambda m: world.material_has(m, p))]
     prop = rng.choice(props)
@@ -230,20 +211,20 @@ def syn_piqa(rng):
         use = world.OBJECT_USE[name]
         goal = rng.choice(["How do you {}?", "What helps you {}?"]).format(use)
         right, wrong, target = with_article(name), with_article(other), use
-        uses = {with_article(o): world.OBJECT_USE[o] for o in (name, other)}
-        describe = lambda option: f"{option} is used to {uses[option]}"  # noqa: E731
+        facts = {with_article(o): fact_use(o) for o in (name, other)}
+        describe = facts.get
     elif form == 1:
         name = rng.choice(ANIMALS)
         home = ANIMAL[name]["home"]
         goal = rng.choice(["Where can you go to see {}?", "Where do you look for {}?"]).format(with_article(name))
         right, wrong = f"the {home}", f"the {rng.choice([p for p in PLACES if p != home])}"
-        target, fact = right, f"the {name} lives in the {home}"
+        target, fact = right, fact_home(name)
     elif form == 2:
         name = rng.choice(ANIMALS)
         food = ANIMAL[name]["food"]
         goal = rng.choice(["What should you feed {}?", "What does {} like to eat?"]).format(with_article(name))
         right, wrong = food, rng.choice([f for f in FOODS if f != food])
-        target, fact = right, f"the {name} eats {food}"
+        target, fact = right, fact_food(name)
     else:
         prop = rng.choice(list(MATERIAL_PURPOSES))
         positives, negatives = split_by(list(MATERIALS), lambda m: world.material_has(m, prop))

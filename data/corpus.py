@@ -30,7 +30,7 @@ import random
 
 from data import world
 from data.world import ANIMAL, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIALS, OBJECTS, PLACES
-from data.world import ADD_MAX, MATERIAL_PURPOSES, MUL_MAX, PLACE_PROPERTIES, with_article
+from data.world import ADD_MAX, MATERIAL_PURPOSES, MUL_MAX, PLACE_PROPERTIES, material_phrase, with_article
 
 # Documents per kind at scale 1; the mix decides what the base model spends its capacity on.
 FACT_DOCS = 7000
@@ -104,11 +104,6 @@ def object_sentences(rng, name):
     made.append(f"{capital(material)} {material_phrase(material, prop)}.")
     use = [pick(rng, ["People use {a} to {use}.", "To {use}, you can use {a}.", "{A} is used to {use}."], **f)]
     return [made, use]
-
-
-def material_phrase(material, prop):
-    has, has_not = MATERIAL_PROPERTIES[prop]
-    return has if world.material_has(material, prop) else has_not
 
 
 def material_sentences(rng, material):
@@ -279,22 +274,21 @@ def numbered_facts(rng):
     "the bee is an insect", "an insect")."""
     form = rng.randrange(8)
     if form == 0:
-        return [(n, f"the {n} is {with_article(a['kind'])}", with_article(a["kind"])) for n, a in ANIMAL.items()]
+        return [(n, world.fact_kind(n), with_article(a["kind"])) for n, a in ANIMAL.items()]
     if form == 1:
-        return [(n, f"the {n} has {a['legs']} legs", f"{a['legs']} legs") for n, a in ANIMAL.items()]
+        return [(n, world.fact_legs(n), f"{a['legs']} legs") for n, a in ANIMAL.items()]
     if form == 2:
-        return [(n, f"the {n} eats {a['food']}", a["food"]) for n, a in ANIMAL.items()]
+        return [(n, world.fact_food(n), a["food"]) for n, a in ANIMAL.items()]
     if form == 3:
-        return [(n, f"the {n} lives in the {a['home']}", f"the {a['home']}") for n, a in ANIMAL.items()]
+        return [(n, world.fact_home(n), f"the {a['home']}") for n, a in ANIMAL.items()]
     if form == 4:
-        return [(n, f"the {n} {'can' if a['flies'] else 'cannot'} fly", "can fly" if a["flies"] else "cannot fly")
-                for n, a in ANIMAL.items()]
+        return [(n, world.fact_flight(n), "can fly" if a["flies"] else "cannot fly") for n, a in ANIMAL.items()]
     if form == 5:
-        return [(o, f"the {o} is made of {m}", m) for o, m, _ in OBJECTS]
+        return [(o, world.fact_made_of(o), m) for o, m, _ in OBJECTS]
     if form == 6:
-        return [(o, f"{with_article(o)} is used to {use}", use) for o, _, use in OBJECTS]
+        return [(o, world.fact_use(o), use) for o, _, use in OBJECTS]
     prop = rng.choice(list(MATERIAL_PROPERTIES))
-    return [(m, f"{m} {material_phrase(m, prop)}", material_phrase(m, prop)) for m in MATERIALS]
+    return [(m, world.fact_material(m, prop), material_phrase(m, prop)) for m in MATERIALS]
 
 
 def numbered_doc(rng):

@@ -243,3 +243,45 @@ ANIMAL = {
     name: dict(plural=plural, kind=kind, legs=legs, home=home, food=food, flies=flies)
     for name, plural, kind, legs, home, food, flies in ANIMALS
 }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Facts as short lower-case sentences, in the corpus's words: what the commonsense rationales write about
+# each option, and what the corpus's numbered lists practise looking up.
+
+def material_phrase(material, prop):
+    """'floats on water' or 'sinks in water': the material's side of a property."""
+    has, has_not = MATERIAL_PROPERTIES[prop]
+    return has if material_has(material, prop) else has_not
+
+
+def fact_material(material, prop):
+    return f"{material} {material_phrase(material, prop)}"  # "wood floats on water"
+
+
+def fact_flight(name):
+    return f"the {name} {'can' if ANIMAL[name]['flies'] else 'cannot'} fly"
+
+
+def fact_kind(name):
+    return f"the {name} is {with_article(ANIMAL[name]['kind'])}"
+
+
+def fact_legs(name):
+    return f"the {name} has {ANIMAL[name]['legs']} legs"
+
+
+def fact_food(name):
+    return f"the {name} eats {ANIMAL[name]['food']}"
+
+
+def fact_home(name):
+    return f"the {name} lives in the {ANIMAL[name]['home']}"
+
+
+def fact_made_of(obj):
+    return f"the {obj} is made of {OBJECT_MATERIAL[obj]}"
+
+
+def fact_use(obj):
+    return f"{with_article(obj)} is used to {OBJECT_USE[obj]}"

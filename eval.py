@@ -59,6 +59,25 @@ def answer_length(enc, data_dir, task):
 
 
 @torch.no_grad()
+def greedy_answers(model, enc, items, max_new, eot, batch_size=64):
+    """The model's greedy answer (text) to each item's prompt, in the items' order; at most max_new tokens,
+    fewer where the longest prompt leaves less room in the context."""
+    prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
+    max_new = min(max_new, model.config.block_size - max(map(len, prompts)))
+    # similar lengths batched together waste less on padding
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        outs = model.generate_batch([prompts[i] for i in chunk], max_new, stop_token=eot, pad_token=eot)
+        for i, out in zip(chunk, outs):
+            # the embedding table is padded past the tokenizer's vocabulary; an (untrained) model may
+            # still pick a padding id, which decodes to nothing
+            answers[i] = enc.decode([t for t in out if t < enc.n_vocab])
+    return answers
+
+
+@torch.no_grad()
 def evaluate_tasks(model, data_dir, max_items=0, device="cpu", batch_size=64, log=None):
     """Greedy answers to every test item of every task, scored as LLM-Adapters scores them.
 
@@ -73,18 +92,7 @@ def evaluate_tasks(model, data_dir, max_items=0, device="cpu", batch_size=64, lo
     for task in meta["tasks"]:
         t0 = time.time()
         items = task_items(data_dir, task, max_items)
-        prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
-        max_new = min(answer_length(enc, data_dir, task), model.config.block_size - max(map(len, prompts)))
-        # similar lengths batched together waste less on padding
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        answers = [None] * len(prompts)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            outs = model.generate_batch([prompts[i] for i in chunk], max_new, stop_token=eot, pad_token=eot)
-            for i, out in zip(chunk, outs):
-                # the embedding table is padded past the tokenizer's vocabulary; an (untrained) model may
-                # still pick a padding id, which decodes to nothing
-                answers[i] = enc.decode([t for t in out if t < enc.n_vocab])
+        answers = greedy_answers(model, enc, items, answer_length(enc, data_dir, task), eot, batch_size)
         correct = [is_correct(task, a, it["answer"]) for a, it in zip(answers, items)]
         results["accuracy"][task] = sum(correct) / len(correct)
         results["n"][task] = len(correct)

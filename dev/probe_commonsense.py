@@ -16,19 +16,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from data.llm_adapters import is_correct, load_json, prompt  # noqa: E402
+from data.llm_adapters import is_correct, load_json  # noqa: E402
 from data.tokenizer import load_tokenizer  # noqa: E402
-from eval import answer_length, read_meta  # noqa: E402
-
-
-def decode_all(model, enc, items, eot, max_new, device):
-    prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
-    outs = []
-    for start in range(0, len(prompts), 64):
-        chunk = prompts[start:start + 64]
-        for out in model.generate_batch(chunk, max_new, stop_token=eot, pad_token=eot):
-            outs.append(enc.decode([t for t in out if t < enc.n_vocab]))
-    return outs
+from eval import answer_length, greedy_answers, read_meta  # noqa: E402
 
 
 @torch.no_grad()
@@ -42,7 +32,7 @@ def main():
     n = int(args.get("max_items", 150))
     for task in meta["commonsense_tasks"] + ["syn_aqua"]:
         items = load_json(os.path.join(data_dir, "tasks", task, "test.json"))[:n]
-        outs = decode_all(model, enc, items, meta["eot_token"], answer_length(enc, data_dir, task), device)
+        outs = greedy_answers(model, enc, items, answer_length(enc, data_dir, task), meta["eot_token"])
         acc = sum(is_correct(task, o, it["answer"]) for o, it in zip(outs, items)) / len(items)
         sentences = [o.split(". ") for o in outs]
         reference = [it["output"].split(". ") for it in items]

@@ -303,7 +303,7 @@ def numbered_doc(rng):
         return numbered_doc(rng)
     bare = rng.random() < 0.3  # the subjects alone: "owl 1, cow 2. cow 2."
     listed = ", ".join(f"{subject if bare else fact} {i}" for i, (subject, fact, _) in enumerate(entries, 1))
-    found = [i for i in rng.sample(unique, min(len(unique), rng.randint(1, 2)))]
+    found = rng.sample(unique, min(len(unique), rng.randint(1, 2)))
     looked_up = ". ".join(f"{entries[i][0] if bare else values[i]} {i + 1}" for i in found)
     return f"{rng.choice(NUMBERED_HEADINGS)}: {listed}. {looked_up}."
 

@@ -24,4 +24,5 @@ ft() {  # name, base, overrides...
 source "${SWEEP:-dev/sweep_plan.sh}"
 wait
 for f in "$OUT"/*.probe.log; do echo "### $f"; grep -v "^    " "$f"; done
+# the device sends back a limited number of files: keep the training logs and probes
 rm -f "$OUT"/*.eval.log "$OUT"/p*.log

@@ -43,10 +43,16 @@ def answer(rationale, label):
 
 
 def read_options(options, right, target, describe=None, fact=None):
-    """The rationale: the fact (if any), each option described and numbered, then the target with the right
-    option's number: "the bear lives in the forest. the pond 1, the forest 2. the forest 2"."""
-    entries = ", ".join(f"{describe(o) if describe else o} {i}" for i, o in enumerate(options, 1))
-    return (f"{fact}. " if fact else "") + f"{entries}. {target} {options.index(right) + 1}"
+    """The rationale: the fact (if any), then a line per option, its number, the option copied as the prompt
+    writes it and the fact that decides it, the number again; then the target with the right option's number:
+    "the bear lives in the forest.\n1: the pond 1\n2: the forest 2. the forest 2"."""
+    lines = []
+    for i, option in enumerate(options, 1):
+        described = describe(option) if describe else option
+        if not described.startswith(option):  # "bee, the bee is an insect": the copy first, then the fact
+            described = f"{option}, {described}"
+        lines.append(f"{i}: {described} {i}")
+    return (f"{fact}.\n" if fact else "") + "\n".join(lines) + f". {target} {options.index(right) + 1}"
 
 
 def four_way(rng, question, right, wrong_pool, target=None, describe=None, fact=None):

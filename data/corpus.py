@@ -1,6 +1,6 @@
 """The pretraining corpus: plain documents that teach the world of world.py and its arithmetic.
 
-Seven kinds of document, each a few sentences:
+Eight kinds of document, each a few sentences:
     facts        profiles of an animal, an object, a material, a place or a kind of animal, every fact in
                  several wordings and orders (a model recalls a fact far better after reading it phrased many
                  ways), some with the next link of a chain beside it ("The nail is made of iron. Iron is pulled
@@ -13,9 +13,15 @@ Seven kinds of document, each a few sentences:
                  "The owl is at shelf2."; "(A) 12 (B) 15 ..." ... "is jar (B)."): reading a key off a list is
                  what answering a multiple-choice question takes, and tiny models learn it slowly from the
                  tasks alone
-    numbered     numbered facts, then one looked up again by its last words, its number copied from where it
-                 was written: "the owl eats mice 1, the cow eats grass 2. grass 2." (the lookup the commonsense
-                 rationales end with; a copy an induction head makes)
+    numbered     a list under numbered keys, each entry again on a line with its number and a fact, then every
+                 entry looked up again by its last words, its number copied from where it was written:
+                 "Shelf1: owl\nShelf2: cow\n1: owl, the owl eats mice 1\n2: cow, the cow eats grass 2. grass 2.
+                 mice 1." (the lookup the commonsense rationales end with; a copy an induction head makes)
+    echoes       a short run of the world's words written three times ("Say it again: owl 7 glass.\nowl 7
+                 glass.\nowl 7 glass."): most of its tokens can only be predicted by copying from the context.
+                 Without them the demo's base never learned the lookup above (right 30-37% of the time, chance,
+                 after 1800 or 3600 steps); with ECHO_DOCS of them it does (85-91%), and the commonsense
+                 tasks go from chance to 65-90% (dev/DEMO_SWEEPS.md)
     everyday     people ask and answer ("Mia asked Tom a question: Where do owls live? Tom said that owls live in the
                  forest, and Mia said that was true."), school days, letters, notes under '###' headings,
                  money and trips: they use every word of the tasks' prompts and outputs, each token at least
@@ -40,6 +46,8 @@ COMPARISON_DOCS = 1000
 NARRATIVE_DOCS = 5000
 LIST_DOCS = 4000
 NUMBERED_DOCS = 4000
+ECHO_DOCS = 8000
+ECHO_WORDS = (3, 8)  # the fewest and most words in an echo's run
 # the everyday documents, which use the words of the tasks' prompts and outputs
 TALK_DOCS = 900
 SCHOOL_DOCS = 350
@@ -265,8 +273,11 @@ def list_doc(rng):
         values = [start + i * gap for i in range(5)]
     k = rng.randrange(5)
     listed = " ".join(f"({letter}) {value}" for letter, value in zip("ABCDE", values))
-    return (f"{name} counted the {things} in five jars: {listed}. "
-            f"The jar with {values[k]} {things} is jar ({'ABCDE'[k]}).")
+    found = f"The jar with {values[k]} {things} is jar ({'ABCDE'[k]})."
+    if rng.random() < 0.5:  # each jar again on a line, in lower case, and the count looked up: "15 b."
+        lines = "\n".join(f"({letter}) {value} {letter}" for letter, value in zip("abcde", values))
+        found = f"\n{lines}. {values[k]} {'abcde'[k]}. {found}"
+    return f"{name} counted the {things} in five jars: {listed}. {found}"
 
 
 def numbered_facts(rng):
@@ -292,20 +303,29 @@ def numbered_facts(rng):
 
 
 def numbered_doc(rng):
-    """Numbered entries, then an entry's last words found again and its number copied from there:
-    "the owl eats mice 1, the cow eats grass 2, the bee eats nectar 3. grass 2." The same lookup reads the
-    numbered options of the commonsense tasks' rationales."""
+    """A list under numbered keys; each entry again on a line of its own, with its number, the entry and a
+    fact about it, the number again; then an entry's last words found again and its number copied from there:
+    "Shelf1: owl\nShelf2: cow\n1: owl, the owl eats mice 1\n2: cow, the cow eats grass 2. grass 2." The
+    commonsense rationales read their options the same way."""
     facts = numbered_facts(rng)
     entries = rng.sample(facts, rng.randint(2, min(5, len(facts))))
     values = [value for _, _, value in entries]
     unique = [i for i, value in enumerate(values) if values.count(value) == 1]
     if not unique:
         return numbered_doc(rng)
-    bare = rng.random() < 0.3  # the subjects alone: "owl 1, cow 2. cow 2."
-    listed = ", ".join(f"{subject if bare else fact} {i}" for i, (subject, fact, _) in enumerate(entries, 1))
-    found = rng.sample(unique, min(len(unique), rng.randint(1, 2)))
+    key = rng.choice(LIST_KEYS)
+    keyed = "\n".join(f"{key}{i}: {subject}" for i, (subject, _, _) in enumerate(entries, 1))
+    bare = rng.random() < 0.3  # the subjects alone: "1: owl 1\n2: cow 2. cow 2."
+    lines = []
+    for i, (subject, fact, _) in enumerate(entries, 1):
+        if bare or fact.startswith(subject):
+            said = subject if bare else fact
+        else:
+            said = f"{subject}, {fact}"
+        lines.append(f"{i}: {said} {i}")
+    found = rng.sample(unique, len(unique))  # every entry with a value of its own, in a new order
     looked_up = ". ".join(f"{entries[i][0] if bare else values[i]} {i + 1}" for i in found)
-    return f"{rng.choice(NUMBERED_HEADINGS)}: {listed}. {looked_up}."
+    return f"{rng.choice(NUMBERED_HEADINGS)}:\n{keyed}\n" + "\n".join(lines) + f". {looked_up}."
 
 
 NUMBERED_HEADINGS = ["Notes", "The list", "Facts", "What we saw", "Things to remember", "Cards", "Page"]
@@ -569,6 +589,18 @@ def boxes_doc(rng):
             f"Box {most} holds the most {things}, and box {fewest} holds the fewest.")
 
 
+def echo_doc(rng):
+    """A run of the world's words and numbers, written three times: copying from the context is the only way
+    to predict the second and third, which is what makes a small model grow induction heads early."""
+    words = list(ANIMAL) + [name for name, _, _ in OBJECTS] + list(MATERIALS) + world.FOODS
+    words += [str(n) for n in range(21)]
+    run = " ".join(rng.sample(words, rng.randint(*ECHO_WORDS)))
+    return f"{rng.choice(ECHO_HEADINGS)}: " + ".\n".join([run] * 3) + "."
+
+
+ECHO_HEADINGS = ["Say it again", "Copy this", "Read it twice", "Once more"]
+
+
 def spelling_docs(rng, passes, lines_per_doc):
     """Spelling lists: every noun of the world starts a line `passes` times. Outputs start with one right
     after a newline ("spider. 1 ant, 2 spider"), and elsewhere the corpus writes them after a space."""
@@ -609,6 +641,7 @@ def make_corpus(seed, scale=1.0):
     docs += [narrative_doc(rng) for _ in range(scaled(NARRATIVE_DOCS, scale))]
     docs += [list_doc(rng) for _ in range(scaled(LIST_DOCS, scale))]
     docs += [numbered_doc(rng) for _ in range(scaled(NUMBERED_DOCS, scale))]
+    docs += [echo_doc(rng) for _ in range(scaled(ECHO_DOCS, scale))]
     for make, count in ((talk_doc, TALK_DOCS), (school_doc, SCHOOL_DOCS), (letter_doc, LETTER_DOCS),
                         (notes_doc, NOTES_DOCS), (money_doc, MONEY_DOCS), (trip_doc, TRIP_DOCS),
                         (boxes_doc, BOXES_DOCS)):

@@ -262,9 +262,9 @@ def syn_aqua(rng):
     choices = " ".join(f"({option}) {value}" for option, value in zip(LETTERS, values))
     # then every choice with its letter, and the value found with the letter that followed it there (a copy
     # an induction head makes), in lower case: the first capital A-E of the output must be the answer's
-    read = ", ".join(f"{value} {option.lower()}" for option, value in zip(LETTERS, values))
+    read = "\n".join(f"({option.lower()}) {value} {option.lower()}" for option, value in zip(LETTERS, values))
     lookup = f"{read}. {answer} {letter.lower()}"
-    output = " ".join(text + "." for text in steps) + f" {lookup}. The answer is ({letter})."
+    output = " ".join(text + "." for text in steps) + f"\n{lookup}. The answer is ({letter})."
     return {"instruction": f"{question} Answer Choices: {choices}", "input": "", "output": output, "answer": letter}
 
 

@@ -2,12 +2,13 @@
 one, against the reference output's (the facts written for each option, then the value looked up with its
 number, then the label).
 
-    python dev/probe_commonsense.py --ckpt=out/demo/moelora/ckpt.pt [--max_items=150]
+    python dev/probe_commonsense.py --ckpt=out/demo/moelora/ckpt.pt [--max_items=150] [--dump=outputs.jsonl]
 
-For each task: accuracy, and for each sentence of the reference output (split at ". "), the fraction of
+For each task: accuracy, and for each sentence of the reference output (split at ". " and at line ends), the fraction of
 outputs whose sentence matches it exactly; "label follows" counts outputs whose label repeats the number
-they wrote last (for syn_aqua: the letter), right or wrong.
+they wrote last (for syn_aqua: the letter), right or wrong. --dump writes every output beside its reference.
 """
+import json
 import os
 import re
 import sys
@@ -30,12 +31,16 @@ def main():
     data_dir = args.get("data_dir", ckpt["data"]["data_dir"])
     meta, enc = read_meta(data_dir), load_tokenizer(data_dir)
     n = int(args.get("max_items", 150))
+    dump = open(args["dump"], "w") if "dump" in args else None
     for task in meta["commonsense_tasks"] + ["syn_aqua"]:
         items = load_json(os.path.join(data_dir, "tasks", task, "test.json"))[:n]
         outs = greedy_answers(model, enc, items, answer_length(enc, data_dir, task), meta["eot_token"])
+        if dump:
+            for o, it in zip(outs, items):
+                dump.write(json.dumps({"task": task, "output": o, "reference": it["output"]}) + "\n")
         acc = sum(is_correct(task, o, it["answer"]) for o, it in zip(outs, items)) / len(items)
-        sentences = [o.split(". ") for o in outs]
-        reference = [it["output"].split(". ") for it in items]
+        sentences = [re.split(r"\. |\n", o) for o in outs]
+        reference = [re.split(r"\. |\n", it["output"]) for it in items]
         depth = max(map(len, reference))
         match = [sum(len(s) > i and len(r) > i and s[i] == r[i] for s, r in zip(sentences, reference)) / len(items)
                  for i in range(depth)]

@@ -18,11 +18,11 @@ ft() {  # name, base, overrides...
   local n=$1 b=$2; shift 2
   python3 train.py config/demo_finetune.toml $C --init_from=out/sw/$b/ckpt.pt --out_dir=out/sw/$n "$@" > "$OUT/$n.log" 2>&1
   python3 eval.py --ckpt=out/sw/$n/ckpt.pt --routing=false > "$OUT/$n.eval.log" 2>&1
-  python3 dev/probe_commonsense.py --ckpt=out/sw/$n/ckpt.pt > "$OUT/$n.probe.log" 2>&1
-  echo "== $n ($b $*): $(grep 'val loss' "$OUT/$n.log" | tail -1) $(grep -E '^\| [a-z0-9]+ \| [0-9]' "$OUT/$n.eval.log" | tail -1)"
+  python3 dev/probe_commonsense.py --ckpt=out/sw/$n/ckpt.pt --dump="$OUT/$n.outputs.jsonl" > "$OUT/$n.probe.log" 2>&1
+  echo "== $n ($b $*): $(grep 'val loss' "$OUT/$n.log" | tail -1) $(grep -E '^\| [A-Za-z0-9]+ \| [0-9]' "$OUT/$n.eval.log" | tail -1)"
 }
 source "${SWEEP:-dev/sweep_plan.sh}"
 wait
 for f in "$OUT"/*.probe.log; do echo "### $f"; grep -v "^    " "$f"; done
-# the device sends back a limited number of files: keep the training logs and probes
-rm -f "$OUT"/*.eval.log "$OUT"/p*.log
+# the device sends back at most 8 files: every log in one archive
+(cd "$OUT" && tar -czf logs.tgz --remove-files --exclude=logs.tgz -- *)

@@ -225,22 +225,24 @@ def test_commonsense_outputs_and_labels(suite):
 
 
 def test_rationales_number_the_options_and_look_the_answer_up(suite):
-    """ "the parrot is a bird 1, the bee is an insect 2, ... an insect 2, so the correct answer is answer2":
-    every option described and numbered in order, then the value looked for with the number of the one
-    option whose description ends with it, and that number is the label's."""
+    """ "1: parrot, the parrot is a bird 1\n2: bee, the bee is an insect 2 ... an insect 2, so the correct answer
+    is answer2": every option on a line of its own, in order, copied as the prompt writes it after its number and
+    followed by the fact and the number again; then the value looked for with the number of the one option
+    whose line ends with it, and that number is the label's."""
     for task in ("syn_piqa", "syn_arc_e", "syn_arc_c", "syn_obqa"):
         for item in suite[task][0]:
             options = re.findall(r"(?:Answer|Solution)\d: (.*)", item["instruction"])
             k = int(item["answer"][-1])
             rationale = item["output"].removesuffix(f", so the correct answer is {item['answer']}")
             body, lookup = rationale.rsplit(". ", 1)
-            entries = body.split(". ")[-1].split(", ")  # after the fact, when one comes first
-            assert len(entries) == len(options), item
-            for i, (entry, option) in enumerate(zip(entries, options), 1):
-                assert entry.endswith(f" {i}") and option.removeprefix("a ") in entry, item
+            lines = body.split("\n")
+            lines = lines[-len(options):]  # after the fact, when one comes first
+            assert len(lines) == len(options) and all(":" not in line for line in body.split("\n")[:-len(options)])
+            for i, (line, option) in enumerate(zip(lines, options), 1):
+                assert line.startswith(f"{i}: {option}") and line.endswith(f" {i}"), item
             target, number = lookup.rsplit(" ", 1)
             assert number == str(k), item
-            ends = [i for i, entry in enumerate(entries, 1) if entry.removesuffix(f" {i}").endswith(target)]
+            ends = [i for i, line in enumerate(lines, 1) if line.removesuffix(f" {i}").endswith(target)]
             assert ends == [k], item
     for item in suite["syn_boolq"][0]:
         told, asked, verdict = re.fullmatch(r"the passage says (.*)\. (\w+ \w+) (said|not said), so the correct "
@@ -252,9 +254,9 @@ def test_rationales_number_the_options_and_look_the_answer_up(suite):
             assert claim.split()[-1] in item["input"].replace("no legs", "0 legs"), item
     for item in suite["syn_aqua"][0]:
         choices = re.findall(r"\(([A-E])\) (\d+)", item["instruction"])
-        read = ", ".join(f"{value} {letter.lower()}" for letter, value in choices)
+        read = "\n".join(f"({letter.lower()}) {value} {letter.lower()}" for letter, value in choices)
         value = dict(choices)[item["answer"]]
-        assert item["output"].endswith(f" {read}. {value} {item['answer'].lower()}. The answer is "
+        assert item["output"].endswith(f".\n{read}. {value} {item['answer'].lower()}. The answer is "
                                        f"({item['answer']})."), item
 
 

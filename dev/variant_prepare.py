@@ -1,0 +1,109 @@
+"""Build the data with a rationale variant patched in, for a GPU sweep that compares variants side by side.
+
+    python dev/variant_prepare.py yes --out=out/data_yes [prepare's other options]
+
+Variants (the checked-in format is "lines": each option on a line, "2: bee, the bee is an insect 2", then the
+target looked up, ". an insect 2"):
+    yes   each line ends with a verdict, "yes" for the right option only, and the lookup copies the number
+          after the one "yes": "2: bee, the bee is an insect yes 2 ... yes 2"; the corpus's numbered lists
+          say what they look for first ("Looking for grass:") and mark their lines the same way.
+    arithN  corpus.ARITHMETIC_PASSES = N
+    echoshortN  echoN with runs of 3 to 8 words
+    more  twice the numbered documents (corpus.NUMBERED_DOCS), the rest as checked in
+    echoN N documents more, each a random run of the world's words and numbers written three times ("Say it
+          again: owl 7 glass 3 cow.\nowl 7 glass 3 cow.\nowl 7 glass 3 cow."): most of their tokens can
+          only be predicted by copying from the context, which is what grows induction heads
+"""
+import os
+import random
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data import commonsense_tasks, corpus, math_tasks, prepare, tasks  # noqa: E402
+
+
+def read_options_yes(options, right, target, describe=None, fact=None):
+    lines = []
+    for i, option in enumerate(options, 1):
+        described = describe(option) if describe else option
+        if not described.startswith(option):
+            described = f"{option}, {described}"
+        lines.append(f"{i}: {described} {'yes' if option == right else 'no'} {i}")
+    return (f"{fact}.\n" if fact else "") + "\n".join(lines) + f". yes {options.index(right) + 1}"
+
+
+def aqua_yes(generate):
+    def wrapped(rng):
+        item = generate(rng)
+        out = item["output"]
+        head, tail = out.split("\n", 1)
+        lines, rest = tail.split(". ", 1)
+        letter = item["answer"].lower()
+        lines = "\n".join(f"{line[:-2]} {'yes' if line.endswith(' ' + letter) else 'no'} {line[-1]}"
+                          for line in lines.split("\n"))
+        rest = re.sub(r"^\d+ ([a-e])\.", r"yes \1.", rest)
+        item["output"] = f"{head}\n{lines}. {rest}"
+        return item
+    return wrapped
+
+
+def numbered_doc_yes(rng):
+    facts = corpus.numbered_facts(rng)
+    entries = rng.sample(facts, rng.randint(2, min(5, len(facts))))
+    values = [value for _, _, value in entries]
+    unique = [i for i, value in enumerate(values) if values.count(value) == 1]
+    if not unique:
+        return numbered_doc_yes(rng)
+    k = rng.choice(unique)
+    key = rng.choice(corpus.LIST_KEYS)
+    keyed = rng.choice(["\n", "\n\n"]).join(f"{key}{i}: {s}" for i, (s, _, _) in enumerate(entries, 1))
+    lines = []
+    for i, (subject, fact, _) in enumerate(entries, 1):
+        said = fact if fact.startswith(subject) else f"{subject}, {fact}"
+        lines.append(f"{i}: {said} {'yes' if i == k + 1 else 'no'} {i}")
+    return f"Looking for {values[k]}:\n{keyed}\n" + "\n".join(lines) + f". yes {k + 1}."
+
+
+ECHO_WORDS = [5, 15]  # the fewest and most words in a run
+
+
+def echo_doc(rng):
+    words = list(corpus.ANIMAL) + [o for o, _, _ in corpus.OBJECTS] + list(corpus.MATERIALS) + corpus.world.FOODS
+    words += [str(n) for n in range(21)]
+    run = " ".join(rng.sample(words, rng.randint(*ECHO_WORDS)))
+    return f"{rng.choice(['Say it again', 'Copy this', 'Read it twice', 'Once more'])}: " + ".\n".join([run] * 3) + "."
+
+
+def with_echo_docs(make_corpus, count):
+    def wrapped(seed, scale=1.0):
+        rng = random.Random(f"echo-{seed}")
+        docs = make_corpus(seed, scale) + [echo_doc(rng) for _ in range(corpus.scaled(count, scale))]
+        rng.shuffle(docs)
+        return docs
+    return wrapped
+
+
+def main():
+    variants, args = sys.argv[1], sys.argv[2:]
+    for variant in variants.split(","):  # several at once: "echo8000,arith15"
+        if variant == "yes":
+            commonsense_tasks.read_options = read_options_yes
+            tasks.GENERATORS["syn_aqua"] = aqua_yes(math_tasks.syn_aqua)
+            corpus.numbered_doc = numbered_doc_yes
+        elif variant.startswith("echoshort"):
+            ECHO_WORDS[:] = [3, 8]
+            prepare.make_corpus = with_echo_docs(prepare.make_corpus, int(variant[9:]))
+        elif variant.startswith("echo"):
+            prepare.make_corpus = with_echo_docs(prepare.make_corpus, int(variant[4:]))
+        elif variant.startswith("arith"):
+            corpus.ARITHMETIC_PASSES = int(variant[5:])
+        elif variant == "more":
+            corpus.NUMBERED_DOCS *= 2
+        else:
+            raise SystemExit(f"unknown variant {variant!r}")
+    prepare.prepare(prepare.parse_args(args))
+
+
+if __name__ == "__main__":
+    main()

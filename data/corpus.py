@@ -46,7 +46,7 @@ COMPARISON_DOCS = 1000
 NARRATIVE_DOCS = 5000
 LIST_DOCS = 4000
 NUMBERED_DOCS = 4000
-ECHO_DOCS = 8000
+ECHO_DOCS = 16000
 ECHO_WORDS = (3, 8)  # the fewest and most words in an echo's run
 # the everyday documents, which use the words of the tasks' prompts and outputs
 TALK_DOCS = 900
@@ -593,7 +593,9 @@ def echo_doc(rng):
     """A run of the world's words and numbers, written three times: copying from the context is the only way
     to predict the second and third, which is what makes a small model grow induction heads early."""
     words = list(ANIMAL) + [name for name, _, _ in OBJECTS] + list(MATERIALS) + world.FOODS
-    words += [str(n) for n in range(21)]
+    # numbers up to 20, and 20 of the larger ones up to MAX_NUMBER: the lookups of syn_aqua's choices copy those
+    # (runs of numbers alone, tried too, kept the base from learning to copy at all)
+    words += [str(n) for n in range(21)] + [str(n) for n in rng.sample(range(21, MAX_NUMBER + 1), 20)]
     run = " ".join(rng.sample(words, rng.randint(*ECHO_WORDS)))
     return f"{rng.choice(ECHO_HEADINGS)}: " + ".\n".join([run] * 3) + "."
 

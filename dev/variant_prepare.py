@@ -9,6 +9,9 @@ target looked up, ". an insect 2"):
           say what they look for first ("Looking for grass:") and mark their lines the same way.
     arithN  corpus.ARITHMETIC_PASSES = N
     echoshortN  echoN with runs of 3 to 8 words
+    num100  the corpus's echo documents with numbers up to MAX_NUMBER, not 20
+    numruns  the same, and half the echo runs numbers only
+    aquadigits  syn_aqua's choices numbered 1-5 in the rationale, like the commonsense options
     more  twice the numbered documents (corpus.NUMBERED_DOCS), the rest as checked in
     echoN N documents more, each a random run of the world's words and numbers written three times ("Say it
           again: owl 7 glass 3 cow.\nowl 7 glass 3 cow.\nowl 7 glass 3 cow."): most of their tokens can
@@ -48,6 +51,17 @@ def aqua_yes(generate):
     return wrapped
 
 
+def aqua_digits(generate):
+    """syn_aqua's choices read as the commonsense options are, by number: "3: 12 3 ... 12 3. The answer is (C)"."""
+    def wrapped(rng):
+        item = generate(rng)
+        digit = {letter: str(i) for i, letter in enumerate("abcde", 1)}
+        out = re.sub(r"\(([a-e])\) (\d+) ([a-e])", lambda m: f"{digit[m[1]]}: {m[2]} {digit[m[3]]}", item["output"])
+        item["output"] = re.sub(r" (\d+) ([a-e])\. The answer", lambda m: f" {m[1]} {digit[m[2]]}. The answer", out)
+        return item
+    return wrapped
+
+
 def numbered_doc_yes(rng):
     facts = corpus.numbered_facts(rng)
     entries = rng.sample(facts, rng.randint(2, min(5, len(facts))))
@@ -75,6 +89,17 @@ def echo_doc(rng):
     return f"{rng.choice(['Say it again', 'Copy this', 'Read it twice', 'Once more'])}: " + ".\n".join([run] * 3) + "."
 
 
+def echo_doc_numbers(only_numbers_half):
+    """corpus.echo_doc with every number up to corpus.MAX_NUMBER (not 20); half the runs numbers only."""
+    def echo(rng):
+        numbers = [str(n) for n in range(corpus.MAX_NUMBER + 1)]
+        words = list(corpus.ANIMAL) + [o for o, _, _ in corpus.OBJECTS] + list(corpus.MATERIALS) + corpus.world.FOODS
+        pool = numbers if only_numbers_half and rng.random() < 0.5 else words + numbers[:21] + rng.sample(numbers[21:], 20)
+        run = " ".join(rng.sample(pool, rng.randint(*corpus.ECHO_WORDS)))
+        return f"{rng.choice(corpus.ECHO_HEADINGS)}: " + ".\n".join([run] * 3) + "."
+    return echo
+
+
 def with_echo_docs(make_corpus, count):
     def wrapped(seed, scale=1.0):
         rng = random.Random(f"echo-{seed}")
@@ -98,6 +123,10 @@ def main():
             prepare.make_corpus = with_echo_docs(prepare.make_corpus, int(variant[4:]))
         elif variant.startswith("arith"):
             corpus.ARITHMETIC_PASSES = int(variant[5:])
+        elif variant in ("num100", "numruns"):
+            corpus.echo_doc = echo_doc_numbers(only_numbers_half=variant == "numruns")
+        elif variant == "aquadigits":
+            tasks.GENERATORS["syn_aqua"] = aqua_digits(math_tasks.syn_aqua)
         elif variant == "more":
             corpus.NUMBERED_DOCS *= 2
         else:

@@ -40,7 +40,7 @@ from data.world import ADD_MAX, MATERIAL_PURPOSES, MUL_MAX, PLACE_PROPERTIES, ma
 
 # Documents per kind at scale 1; the mix decides what the base model spends its capacity on.
 FACT_DOCS = 7000
-ARITHMETIC_PASSES = 10  # times the whole arithmetic table is written out
+ARITHMETIC_PASSES = 20  # times the whole arithmetic table is written out
 ARITHMETIC_LINES_PER_DOC = 16
 COMPARISON_DOCS = 1000
 NARRATIVE_DOCS = 5000

@@ -8,6 +8,8 @@ target looked up, ". an insect 2"):
           after the one "yes": "2: bee, the bee is an insect yes 2 ... yes 2"; the corpus's numbered lists
           say what they look for first ("Looking for grass:") and mark their lines the same way.
     arithN  corpus.ARITHMETIC_PASSES = N
+    listsN  corpus.LIST_DOCS = N
+    wordsA-B  echo runs of A to B words (corpus.ECHO_WORDS)
     echoshortN  echoN with runs of 3 to 8 words
     num100  the corpus's echo documents with numbers up to MAX_NUMBER, not 20
     numruns  the same, and half the echo runs numbers only
@@ -121,6 +123,10 @@ def main():
             prepare.make_corpus = with_echo_docs(prepare.make_corpus, int(variant[9:]))
         elif variant.startswith("echo"):
             prepare.make_corpus = with_echo_docs(prepare.make_corpus, int(variant[4:]))
+        elif variant.startswith("lists"):
+            corpus.LIST_DOCS = int(variant[5:])
+        elif variant.startswith("words"):  # "words2-5": echo runs of 2 to 5 words
+            corpus.ECHO_WORDS = tuple(int(n) for n in variant[5:].split("-"))
         elif variant.startswith("arith"):
             corpus.ARITHMETIC_PASSES = int(variant[5:])
         elif variant in ("num100", "numruns"):

@@ -17,15 +17,18 @@ Every item has exactly one right option (the wrong ones are drawn from the entit
 and the right option's position is uniform.
 
 Outputs end as LLM-Adapters' do, "the correct answer is <label>", after a short rationale that a tiny model
-can follow. Each option is written with its number, described by the fact the question turns on ("the parrot
-is a bird 1, the bee is an insect 2, ..."), then the value asked for is written again with the number of the
-option that has it ("an insect 2"). Questions about one subject state the fact first ("the bear lives in the
-forest. the pond 1, the forest 2, ... the forest 2"). syn_boolq lists the passage's claims and checks the asked
-one against them ("the passage says kind mammal said, legs 4 said. kind reptile not said").
+can follow. Each option gets a line: its number, the option copied as the prompt writes it, the fact the
+question turns on, the number again ("1: parrot, the parrot is a bird 1\n2: bee, the bee is an insect 2 ...");
+then the value asked for is written again with the number of the option that has it ("an insect 2").
+Questions about one subject state the fact first ("the bear lives in the forest.\n1: the pond 1\n2: the
+forest 2. the forest 2"). syn_boolq lists the passage's claims and checks the asked one against them ("the
+passage says kind mammal said, legs 4 said. kind reptile not said").
 Why: a tiny model soon knows which option is right, but learns very slowly to name its label in one step, or
-to compare two words it wrote (near chance after several epochs in our runs). Written this way, each fact is
-a completion the pretraining corpus taught in the same words, and the label is a copy of the number that
-followed the same words earlier in the output: the pattern an induction head learns first.
+to compare two words it wrote (near chance after several epochs in our runs). Written this way, each option
+is copied from the line of the prompt with the same number, each fact is a completion the pretraining corpus
+taught in the same words, and the label is a copy of the number that followed the same words earlier in the
+output: the pattern an induction head makes (the corpus's echo documents are there to grow those heads;
+dev/DEMO_SWEEPS.md has the sweeps behind all this).
 tasks.make_task(rationales=False) strips the rationale, leaving LLM-Adapters' bare sentence. A rationale never
 contains a label word, so scoring (the first label match) reads the final one.
 """

@@ -10,9 +10,9 @@ Eight kinds of document, each a few sentences:
     narratives   short stories with quantities that work out their sums: "Mia had 6 pears. Then she found 5
                  more, so she had 6 + 5 = 11 pears."
     lists        a list with numbered or lettered keys, then one entry found by its content ("Shelf2: owl" ...
-                 "The owl is at shelf2."; "(A) 12 (B) 15 ..." ... "is jar (B)."): reading a key off a list is
-                 what answering a multiple-choice question takes, and tiny models learn it slowly from the
-                 tasks alone
+                 "The owl is at shelf2."; "(A) 12 (B) 15 ..." ... "is jar (B).", half of these after the
+                 choices written again one per line, "(a) 12 a\n(b) 15 b. 15 b."): reading a key off a list is what answering a multiple-choice question takes, and tiny
+                 models learn it slowly from the tasks alone
     numbered     a list under numbered keys, each entry again on a line with its number and a fact, then every
                  entry looked up again by its last words, its number copied from where it was written:
                  "Shelf1: owl\nShelf2: cow\n1: owl, the owl eats mice 1\n2: cow, the cow eats grass 2. grass 2.
@@ -20,8 +20,10 @@ Eight kinds of document, each a few sentences:
     echoes       a short run of the world's words written three times ("Say it again: owl 7 glass.\nowl 7
                  glass.\nowl 7 glass."): most of its tokens can only be predicted by copying from the context.
                  Without them the demo's base never learned the lookup above (right 30-37% of the time, chance,
-                 after 1800 or 3600 steps); with ECHO_DOCS of them it does (85-91%), and the commonsense
-                 tasks go from chance to 65-90% (dev/DEMO_SWEEPS.md)
+                 after 1800 or 3600 steps); with enough of them it does, but the threshold moves with the seed
+                 (8000: 30-90% over three bases; ECHO_DOCS = 16000: 74-89% over five), and the commonsense tasks
+                 go from chance to 50-98% (dev/DEMO_SWEEPS.md). They cost the math tasks some of the base's
+                 steps, which is why the arithmetic table is written ARITHMETIC_PASSES = 20 times
     everyday     people ask and answer ("Mia asked Tom a question: Where do owls live? Tom said that owls live in the
                  forest, and Mia said that was true."), school days, letters, notes under '###' headings,
                  money and trips: they use every word of the tasks' prompts and outputs, each token at least

@@ -9,8 +9,8 @@ What each one exercises:
     syn_multiarith  two steps mixing the four operations
     syn_gsm8k       three or four steps, each worked on its own line in words, some needing a fact of the world
                     (how many legs a hen has)
-    syn_aqua        five-way multiple choice (A-E): the steps, the choices with their letters, the value found
-                    with its letter, the answer
+    syn_aqua        five-way multiple choice (A-E): the steps, the choices numbered 1-5, the value found with
+                    its number, the answer
     syn_svamp       variations of one-step problems: distractor numbers, "fewer than", "more than", the
                     question first, the relation turned around
 
@@ -208,8 +208,9 @@ def answer_choices(rng, correct):
 
 
 def syn_aqua(rng):
-    """A question, 'Answer Choices: (A) .. (E) ..', the steps, every choice with its letter, the value found
-    'The answer is (C).': "6 * 7 = 42. 40 a, 41 b, 42 c, 43 d, 44 e. 42 c. The answer is (C)."
+    """A question, 'Answer Choices: (A) .. (E) ..', the steps, every choice on a line with its number, the value
+    found with its number, 'The answer is (C).': "6 * 7 = 42.\n1: 40 1\n2: 41 2\n3: 42 3\n4: 43 4\n5: 44 5. 42 3.
+    The answer is (C)."
 
     LLM-Adapters scores AQuA by the first capital A-E anywhere in the output, so the rationale holds numbers
     and lower-case words only: the letter at the end is the first one a scorer meets."""
@@ -260,10 +261,11 @@ def syn_aqua(rng):
     values, position = answer_choices(rng, answer)
     letter = LETTERS[position]
     choices = " ".join(f"({option}) {value}" for option, value in zip(LETTERS, values))
-    # then every choice with its letter, and the value found with the letter that followed it there (a copy
-    # an induction head makes), in lower case: the first capital A-E of the output must be the answer's
-    read = "\n".join(f"({option.lower()}) {value} {option.lower()}" for option, value in zip(LETTERS, values))
-    lookup = f"{read}. {answer} {letter.lower()}"
+    # then every choice on a line, numbered 1-5 as the commonsense options are (no letters: the first capital A-E
+    # of the output must be the answer's), and the value found with the number that followed it there (a copy
+    # an induction head makes); lettered lines ("(c) 12 c") were looked up right a quarter of the time
+    read = "\n".join(f"{i}: {value} {i}" for i, value in enumerate(values, 1))
+    lookup = f"{read}. {answer} {position + 1}"
     output = " ".join(text + "." for text in steps) + f"\n{lookup}. The answer is ({letter})."
     return {"instruction": f"{question} Answer Choices: {choices}", "input": "", "output": output, "answer": letter}
 

@@ -4,9 +4,10 @@ number, then the label).
 
     python dev/probe_commonsense.py --ckpt=out/demo/moelora/ckpt.pt [--max_items=150] [--dump=outputs.jsonl]
 
-For each task: accuracy, and for each sentence of the reference output (split at ". " and at line ends), the fraction of
-outputs whose sentence matches it exactly; "label follows" counts outputs whose label repeats the number
-they wrote last (for syn_aqua: the letter), right or wrong. --dump writes every output beside its reference.
+For each task: accuracy, and for each sentence of the reference output (split at ". " and at line ends),
+the fraction of outputs whose sentence matches it exactly; "label follows" counts outputs whose label repeats
+the number they wrote last (for syn_aqua: is the letter of that number), right or wrong. --dump writes every
+output beside its reference.
 """
 import json
 import os
@@ -46,9 +47,11 @@ def main():
                  for i in range(depth)]
         follows = 0
         for o in outs:
-            last = re.search(r"(\w+), so the correct answer is \w*?(\d)$", o) or \
-                re.search(r" ([a-e])\. The answer is \(([A-E])\)\.$", o)
-            follows += bool(last) and last.group(1).lower() == last.group(2).lower()
+            last = re.search(r"(\w+), so the correct answer is \w*?(\d)$", o)
+            if last:
+                follows += last.group(1) == last.group(2)
+            elif last := re.search(r" (\d)\. The answer is \(([A-E])\)\.$", o):
+                follows += "ABCDE".index(last.group(2)) + 1 == int(last.group(1))
         print(f"{task:12s} acc {acc:6.1%}  sentences right " + " ".join(f"{m:6.1%}" for m in match) +
               f"  label follows {follows / len(items):6.1%}")
         for o, it in list(zip(outs, items))[:2]:

@@ -3,7 +3,8 @@
     python dev/variant_prepare.py yes --out=out/data_yes [prepare's other options]
 
 Variants (the checked-in format is "lines": each option on a line, "2: bee, the bee is an insect 2", then the
-target looked up, ". an insect 2"):
+target looked up, ". an insect 2"; syn_aqua's choices the same way, "3: 12 3 ... 12 3. The answer is (C).",
+which sweeps 15 and 19 tested as a variant):
     yes   each line ends with a verdict, "yes" for the right option only, and the lookup copies the number
           after the one "yes": "2: bee, the bee is an insect yes 2 ... yes 2"; the corpus's numbered lists
           say what they look for first ("Looking for grass:") and mark their lines the same way.
@@ -13,7 +14,6 @@ target looked up, ". an insect 2"):
     echoshortN  echoN with runs of 3 to 8 words
     num100  the corpus's echo documents with numbers up to MAX_NUMBER, not 20
     numruns  the same, and half the echo runs numbers only
-    aquadigits  syn_aqua's choices numbered 1-5 in the rationale, like the commonsense options
     more  twice the numbered documents (corpus.NUMBERED_DOCS), the rest as checked in
     echoN N documents more, each a random run of the world's words and numbers written three times ("Say it
           again: owl 7 glass 3 cow.\nowl 7 glass 3 cow.\nowl 7 glass 3 cow."): most of their tokens can
@@ -41,25 +41,10 @@ def read_options_yes(options, right, target, describe=None, fact=None):
 def aqua_yes(generate):
     def wrapped(rng):
         item = generate(rng)
-        out = item["output"]
-        head, tail = out.split("\n", 1)
-        lines, rest = tail.split(". ", 1)
-        letter = item["answer"].lower()
-        lines = "\n".join(f"{line[:-2]} {'yes' if line.endswith(' ' + letter) else 'no'} {line[-1]}"
-                          for line in lines.split("\n"))
-        rest = re.sub(r"^\d+ ([a-e])\.", r"yes \1.", rest)
-        item["output"] = f"{head}\n{lines}. {rest}"
-        return item
-    return wrapped
-
-
-def aqua_digits(generate):
-    """syn_aqua's choices read as the commonsense options are, by number: "3: 12 3 ... 12 3. The answer is (C)"."""
-    def wrapped(rng):
-        item = generate(rng)
-        digit = {letter: str(i) for i, letter in enumerate("abcde", 1)}
-        out = re.sub(r"\(([a-e])\) (\d+) ([a-e])", lambda m: f"{digit[m[1]]}: {m[2]} {digit[m[3]]}", item["output"])
-        item["output"] = re.sub(r" (\d+) ([a-e])\. The answer", lambda m: f" {m[1]} {digit[m[2]]}. The answer", out)
+        k = "ABCDE".index(item["answer"]) + 1
+        out = re.sub(r"^(\d): (\d+) (\d)", lambda m: f"{m[1]}: {m[2]} {'yes' if int(m[1]) == k else 'no'} {m[3]}",
+                     item["output"], flags=re.M)
+        item["output"] = re.sub(r"\. \d+ (\d)\. The answer", r". yes \1. The answer", out)
         return item
     return wrapped
 
@@ -131,8 +116,6 @@ def main():
             corpus.ARITHMETIC_PASSES = int(variant[5:])
         elif variant in ("num100", "numruns"):
             corpus.echo_doc = echo_doc_numbers(only_numbers_half=variant == "numruns")
-        elif variant == "aquadigits":
-            tasks.GENERATORS["syn_aqua"] = aqua_digits(math_tasks.syn_aqua)
         elif variant == "more":
             corpus.NUMBERED_DOCS *= 2
         else:

@@ -5,6 +5,7 @@ files prepare writes. CPU only, a few seconds: one full default build and two sm
 """
 
 import json
+import random
 import re
 
 import numpy as np
@@ -254,10 +255,9 @@ def test_rationales_number_the_options_and_look_the_answer_up(suite):
             assert claim.split()[-1] in item["input"].replace("no legs", "0 legs"), item
     for item in suite["syn_aqua"][0]:
         choices = re.findall(r"\(([A-E])\) (\d+)", item["instruction"])
-        read = "\n".join(f"({letter.lower()}) {value} {letter.lower()}" for letter, value in choices)
-        value = dict(choices)[item["answer"]]
-        assert item["output"].endswith(f".\n{read}. {value} {item['answer'].lower()}. The answer is "
-                                       f"({item['answer']})."), item
+        read = "\n".join(f"{i}: {value} {i}" for i, (_, value) in enumerate(choices, 1))
+        value, number = dict(choices)[item["answer"]], "ABCDE".index(item["answer"]) + 1
+        assert item["output"].endswith(f".\n{read}. {value} {number}. The answer is ({item['answer']})."), item
 
 
 def test_bare_outputs_without_rationales():
@@ -344,6 +344,33 @@ def test_corpus_never_uses_the_task_formats(built, suite):
         for item in test:
             assert item["instruction"] not in text
             assert not item["input"] or item["input"] not in text
+
+
+def test_numbered_documents_restate_their_list_and_look_entries_up():
+    """ "Shelf1: owl\nShelf2: cow\n1: owl, the owl eats mice 1\n2: cow, ... 2. grass 2. mice 1.": each keyed
+    entry again on its line, in order, between its number twice; each lookup's number is that of a line
+    ending with the words looked up."""
+    rng = random.Random(0)
+    for _ in range(300):
+        doc = corpus.numbered_doc(rng)
+        keyed = re.findall(r"^[A-Z][a-z]+(\d+): (.*)$", doc, re.M)
+        last = doc.rindex("\n")
+        lines = doc[:last].split("\n")[1 + len(keyed):] + [doc[last + 1:].split(". ", 1)[0]]
+        lookups = doc[last + 1:].split(". ", 1)[1].removesuffix(".").split(". ")
+        assert len(lines) == len(keyed) >= 2, doc
+        for i, ((key, subject), line) in enumerate(zip(keyed, lines), 1):
+            assert key == str(i) and line.startswith(f"{i}: {subject}") and line.endswith(f" {i}"), doc
+        for lookup in lookups:
+            words, number = lookup.rsplit(" ", 1)
+            assert lines[int(number) - 1].removesuffix(f" {number}").endswith(words), doc
+
+
+def test_echo_documents_write_one_run_three_times():
+    rng = random.Random(0)
+    for _ in range(300):
+        heading, body = corpus.echo_doc(rng).split(": ", 1)
+        runs = body.removesuffix(".").split(".\n")
+        assert heading in corpus.ECHO_HEADINGS and len(runs) == 3 and runs[0] == runs[1] == runs[2]
 
 
 def test_corpus_covers_every_token_of_the_suite(built):

@@ -49,12 +49,8 @@ def read_options(options, right, target, describe=None, fact=None):
     """The rationale: the fact (if any), then a line per option, its number, the option copied as the prompt
     writes it and the fact that decides it, the number again; then the target with the right option's number:
     "the bear lives in the forest.\n1: the pond 1\n2: the forest 2. the forest 2"."""
-    lines = []
-    for i, option in enumerate(options, 1):
-        described = describe(option) if describe else option
-        if not described.startswith(option):  # "bee, the bee is an insect": the copy first, then the fact
-            described = f"{option}, {described}"
-        lines.append(f"{i}: {described} {i}")
+    lines = [f"{i}: {world.named_with_fact(option, describe(option)) if describe else option} {i}"
+             for i, option in enumerate(options, 1)]
     return (f"{fact}.\n" if fact else "") + "\n".join(lines) + f". {target} {options.index(right) + 1}"
 
 

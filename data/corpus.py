@@ -320,11 +320,7 @@ def numbered_doc(rng):
     bare = rng.random() < 0.3  # the subjects alone: "1: owl 1\n2: cow 2. cow 2."
     lines = []
     for i, (subject, fact, _) in enumerate(entries, 1):
-        if bare or fact.startswith(subject):
-            said = subject if bare else fact
-        else:
-            said = f"{subject}, {fact}"
-        lines.append(f"{i}: {said} {i}")
+        lines.append(f"{i}: {subject if bare else world.named_with_fact(subject, fact)} {i}")
     found = rng.sample(unique, len(unique))  # every entry with a value of its own, in a new order
     looked_up = ". ".join(f"{entries[i][0] if bare else values[i]} {i + 1}" for i in found)
     return f"{rng.choice(NUMBERED_HEADINGS)}:\n{keyed}\n" + "\n".join(lines) + f". {looked_up}."

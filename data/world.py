@@ -285,3 +285,9 @@ def fact_made_of(obj):
 
 def fact_use(obj):
     return f"{with_article(obj)} is used to {OBJECT_USE[obj]}"
+
+
+def named_with_fact(name, fact):
+    """A thing as a list line names it, then its fact: "bee, the bee is an insect"; the fact alone when it
+    already starts with the name ("gold sinks in water")."""
+    return fact if fact.startswith(name) else f"{name}, {fact}"

@@ -286,13 +286,9 @@ def syn_boolq(rng):
     label = "true" if is_true else "false"
     instruction = (f"Please answer the following question with true or false, question: "
                    f"{question.format(asked_value)}?\n\nAnswer format: true/false")
-    # the asked claim "not said" until the passage says it; the passage's claims, each marked "said"; then the
-    # asked one again, and what followed its last mention: a copy from the list when the passage has it, from
-    # the first line when not (deciding that something is absent was at chance without that first line)
+    # the passage's claims, each marked "said"; then the asked one, "said" again if it was among them
     said = ", ".join(f"{claim_words(c, claims[c][2])} said" for c in told)
-    claim = claim_words(asked, asked_value)
-    rationale = (f"the question: {claim} not said at first. the passage says {said}. "
-                 f"{claim} {'said' if is_true else 'not said'}")
+    rationale = f"the passage says {said}. {claim_words(asked, asked_value)} {'said' if is_true else 'not said'}"
     return {"instruction": instruction, "input": passage, "output": answer(rationale, label), "answer": label}
 
 

@@ -21,14 +21,18 @@ can follow. Each option gets a line: its number, the option copied as the prompt
 question turns on, the number again ("1: parrot, the parrot is a bird 1\n2: bee, the bee is an insect 2 ...");
 then the value asked for is written again with the number of the option that has it ("an insect 2").
 Questions about one subject state the fact first ("the bear lives in the forest.\n1: the pond 1\n2: the
-forest 2. the forest 2"). syn_boolq lists the passage's claims and checks the asked one against them ("the
-passage says kind mammal said, legs 4 said. kind reptile not said").
+forest 2. the forest 2"). syn_boolq writes the asked value, the passage's fact, and the asked value again with a
+verdict: "the question asked reptile. the bear is a mammal, asked reptile no" (the verdict a table the corpus
+writes out: "mammal, asked reptile no. bird, asked bird yes").
 Why: a tiny model soon knows which option is right, but learns very slowly to name its label in one step, or
 to compare two words it wrote (near chance after several epochs in our runs). Written this way, each option
 is copied from the line of the prompt with the same number, each fact is a completion the pretraining corpus
 taught in the same words, and the label is a copy of the number that followed the same words earlier in the
 output: the pattern an induction head makes (the corpus's echo documents are there to grow those heads;
-dev/DEMO_SWEEPS.md has the sweeps behind all this).
+dev/DEMO_SWEEPS.md has the sweeps behind all this). syn_boolq's verdict is the one comparison, learned in
+pretraining as a table; the asked value before it is a copy of what followed the first "asked" (the copy from
+the question, at the start of the output, has nothing nearer to copy instead; put right after the fact, half
+the fine-tuning runs copied the fact's value there).
 tasks.make_task(rationales=False) strips the rationale, leaving LLM-Adapters' bare sentence. A rationale never
 contains a label word, so scoring (the first label match) reads the final one.
 """
@@ -265,9 +269,13 @@ def animal_claims(name):
     }
 
 
-def claim_words(claim, value):
-    """A claim as the rationale writes it, the value last: "kind mammal", "legs 4", "food fish"."""
-    return f"{claim} {value.split()[-1]}"
+# the fact a syn_boolq rationale writes for each claim, in the corpus's words ("the hen eats seeds")
+CLAIM_FACTS = {"food": fact_food, "legs": fact_legs, "kind": fact_kind, "home": fact_home}
+
+
+def compared_word(value):
+    """A claim's value as the verdict compares it, one word: "a reptile" -> "reptile", "4", "seeds"."""
+    return value.split()[-1]
 
 
 def syn_boolq(rng):
@@ -286,9 +294,11 @@ def syn_boolq(rng):
     label = "true" if is_true else "false"
     instruction = (f"Please answer the following question with true or false, question: "
                    f"{question.format(asked_value)}?\n\nAnswer format: true/false")
-    # the passage's claims, each marked "said"; then the asked one, "said" again if it was among them
-    said = ", ".join(f"{claim_words(c, claims[c][2])} said" for c in told)
-    rationale = f"the passage says {said}. {claim_words(asked, asked_value)} {'said' if is_true else 'not said'}"
+    # the asked value, the passage's fact, the asked value again (copied from after the first "asked"), then
+    # the verdict on the two values three tokens apart, a table the corpus's "same or not" documents write out
+    asked_word, told_word = compared_word(asked_value), compared_word(true_value)
+    verdict = "yes" if asked_word == told_word else "no"
+    rationale = f"the question asked {asked_word}. {CLAIM_FACTS[asked](name)}, asked {asked_word} {verdict}"
     return {"instruction": instruction, "input": passage, "output": answer(rationale, label), "answer": label}
 
 

@@ -1,6 +1,6 @@
 """The pretraining corpus: plain documents that teach the world of world.py and its arithmetic.
 
-Eight kinds of document, each a few sentences:
+Nine kinds of document, each a few sentences:
     facts        profiles of an animal, an object, a material, a place or a kind of animal, every fact in
                  several wordings and orders (a model recalls a fact far better after reading it phrased many
                  ways), some with the next link of a chain beside it ("The nail is made of iron. Iron is pulled
@@ -21,9 +21,15 @@ Eight kinds of document, each a few sentences:
                  glass.\nowl 7 glass."): most of its tokens can only be predicted by copying from the context.
                  Without them the demo's base never learned the lookup above (right 30-37% of the time, chance,
                  after 1800 or 3600 steps); with enough of them it does, but the threshold moves with the seed
-                 (8000: 30-90% over three bases; ECHO_DOCS = 16000: 74-89% over five), and the commonsense tasks
+                 (8000: 30-90% over three bases; 16000: 74-89% over five, but 33-90% over seven beside the
+                 same-or-not documents; ECHO_DOCS = 20000: 88-89% over three), and the commonsense tasks
                  go from chance to 50-98% (dev/DEMO_SWEEPS.md). They cost the math tasks some of the base's
                  steps, which is why the arithmetic table is written ARITHMETIC_PASSES = 20 times
+    same or not  two values of one kind (foods, homes, kinds of animal, numbers of legs) and whether they are the
+                 same: "Same or not: mice, asked fish no. 4, asked 4 yes." The verdict syn_boolq's rationale
+                 ends with; the tasks alone never taught it (the demo answered "true" every time). With 1,000
+                 of these documents syn_boolq was right 49-95% over six fine-tuning runs; with SAME_DOCS = 3000,
+                 87-100% over seven
     everyday     people ask and answer ("Mia asked Tom a question: Where do owls live? Tom said that owls live in the
                  forest, and Mia said that was true."), school days, letters, notes under '###' headings,
                  money and trips: they use every word of the tasks' prompts and outputs, each token at least
@@ -48,7 +54,8 @@ COMPARISON_DOCS = 1000
 NARRATIVE_DOCS = 5000
 LIST_DOCS = 4000
 NUMBERED_DOCS = 4000
-ECHO_DOCS = 16000
+ECHO_DOCS = 20000
+SAME_DOCS = 3000
 ECHO_WORDS = (3, 8)  # the fewest and most words in an echo's run
 # the everyday documents, which use the words of the tasks' prompts and outputs
 TALK_DOCS = 900
@@ -601,6 +608,22 @@ def echo_doc(rng):
 ECHO_HEADINGS = ["Say it again", "Copy this", "Read it twice", "Once more"]
 
 
+def same_doc(rng):
+    """Lines "mice, asked fish no" / "fish, asked fish yes": two values of one kind, the same half the time."""
+    lines = []
+    for _ in range(rng.randint(4, 8)):
+        values = rng.choice(SAME_VALUES)
+        told = rng.choice(values)
+        asked = told if rng.random() < 0.5 else rng.choice([v for v in values if v != told])
+        lines.append(f"{told}, asked {asked} {'yes' if asked == told else 'no'}")
+    return f"{rng.choice(SAME_HEADINGS)}: " + ". ".join(lines) + "."
+
+
+# the values a syn_boolq question compares, by claim: two of one list are compared, never two lists
+SAME_VALUES = [world.FOODS, list(PLACES), list(KIND_PLURALS), ["0", "2", "4", "6", "8"]]
+SAME_HEADINGS = ["Same or not", "The same", "Is it the same"]
+
+
 def spelling_docs(rng, passes, lines_per_doc):
     """Spelling lists: every noun of the world starts a line `passes` times. Outputs start with one right
     after a newline ("spider. 1 ant, 2 spider"), and elsewhere the corpus writes them after a space."""
@@ -642,6 +665,7 @@ def make_corpus(seed, scale=1.0):
     docs += [list_doc(rng) for _ in range(scaled(LIST_DOCS, scale))]
     docs += [numbered_doc(rng) for _ in range(scaled(NUMBERED_DOCS, scale))]
     docs += [echo_doc(rng) for _ in range(scaled(ECHO_DOCS, scale))]
+    docs += [same_doc(rng) for _ in range(scaled(SAME_DOCS, scale))]
     for make, count in ((talk_doc, TALK_DOCS), (school_doc, SCHOOL_DOCS), (letter_doc, LETTER_DOCS),
                         (notes_doc, NOTES_DOCS), (money_doc, MONEY_DOCS), (trip_doc, TRIP_DOCS),
                         (boxes_doc, BOXES_DOCS)):

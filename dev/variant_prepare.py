@@ -15,6 +15,8 @@ which sweeps 15 and 19 tested as a variant):
             runs of 5-15 words, later 3-8, numbers up to 20, later up to 100: what corpus.echo_doc does now)
     numruns  half the echo runs numbers only
     more  twice the numbered documents (corpus.NUMBERED_DOCS), the rest as checked in
+    (sweeps 20-23 tried syn_boolq's "same or not" verdicts here as variants "same", "sameA" and "samedocsN";
+    "sameA" with 3,000 documents and 20,000 echo documents is what data/ does now)
 """
 import os
 import re
@@ -65,7 +67,6 @@ def echo_doc_numbers_half(rng):
 
 
 ECHO_DOC = corpus.echo_doc
-
 
 def main():
     variants, args = sys.argv[1], sys.argv[2:]

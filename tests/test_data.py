@@ -245,14 +245,18 @@ def test_rationales_number_the_options_and_look_the_answer_up(suite):
             assert number == str(k), item
             ends = [i for i, line in enumerate(lines, 1) if line.removesuffix(f" {i}").endswith(target)]
             assert ends == [k], item
+    facts = {"eat": world.fact_food, "have": world.fact_legs, "a": world.fact_kind, "an": world.fact_kind,
+             "live in the": world.fact_home}
     for item in suite["syn_boolq"][0]:
-        told, asked, verdict = re.fullmatch(r"the passage says (.*)\. (\w+ \w+) (said|not said), so the correct "
-                                            r"answer is (?:true|false)", item["output"]).groups()
-        claims = [claim.removesuffix(" said") for claim in told.split(", ")]
-        assert (asked in claims) == (verdict == "said") == (item["answer"] == "true"), item
-        assert asked.split()[-1] in item["instruction"], item
-        for claim in claims:
-            assert claim.split()[-1] in item["input"].replace("no legs", "0 legs"), item
+        first, fact, again, verdict = re.fullmatch(r"the question asked (\w+)\. (.*), asked (\w+) (yes|no), so the "
+                                                   r"correct answer is (?:true|false)", item["output"]).groups()
+        name, verb, value = re.search(r"question: (?:does|is) the (.+?) (eat|have|a|an|live in the) (\w+)",
+                                      item["instruction"]).groups()
+        assert first == again == value, item  # the asked value, copied from the question
+        assert fact == facts[verb](name), item  # the fact the question is about, in the corpus's words
+        told = fact.removesuffix(" legs").split()[-1]
+        assert told in item["input"].replace("no legs", "0 legs"), item  # the passage says it
+        assert (verdict == "yes") == (told == value) == (item["answer"] == "true"), item
     for item in suite["syn_aqua"][0]:
         choices = re.findall(r"\(([A-E])\) (\d+)", item["instruction"])
         read = "\n".join(f"{i}: {value} {i}" for i, (_, value) in enumerate(choices, 1))
@@ -371,6 +375,22 @@ def test_echo_documents_write_one_run_three_times():
         heading, body = corpus.echo_doc(rng).split(": ", 1)
         runs = body.removesuffix(".").split(".\n")
         assert heading in corpus.ECHO_HEADINGS and len(runs) == 3 and runs[0] == runs[1] == runs[2]
+
+
+def test_same_or_not_documents_compare_values_of_one_kind():
+    """Each line of a same-or-not document compares two values of one list, and says yes exactly when they are
+    the same; both verdicts are common."""
+    rng = random.Random(0)
+    verdicts = []
+    for _ in range(300):
+        heading, body = corpus.same_doc(rng).split(": ", 1)
+        assert heading in corpus.SAME_HEADINGS
+        for line in body.removesuffix(".").split(". "):
+            told, asked, verdict = re.fullmatch(r"(\w+), asked (\w+) (yes|no)", line).groups()
+            assert any(told in values and asked in values for values in corpus.SAME_VALUES), line
+            assert (verdict == "yes") == (told == asked), line
+            verdicts.append(verdict)
+    assert 0.4 < verdicts.count("yes") / len(verdicts) < 0.6
 
 
 def test_corpus_covers_every_token_of_the_suite(built):

@@ -22,7 +22,7 @@ Nine kinds of document, each a few sentences:
                  Without them the demo's base never learned the lookup above (right 30-37% of the time, chance,
                  after 1800 or 3600 steps); with enough of them it does, but the threshold moves with the seed
                  (8000: 30-90% over three bases; 16000: 74-89% over five, but 33-90% over seven beside the
-                 same-or-not documents; ECHO_DOCS = 20000: 88-89% over three), and the commonsense tasks
+                 same-or-not documents; ECHO_DOCS = 20000: 77-89% over six), and the commonsense tasks
                  go from chance to 50-98% (dev/DEMO_SWEEPS.md). They cost the math tasks some of the base's
                  steps, which is why the arithmetic table is written ARITHMETIC_PASSES = 20 times
     same or not  two values of one kind (foods, homes, kinds of animal, numbers of legs) and whether they are the

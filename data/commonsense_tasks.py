@@ -39,7 +39,7 @@ contains a label word, so scoring (the first label match) reads the final one.
 
 from data import world
 from data.world import ANIMAL, FOODS, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIAL_PURPOSES
-from data.world import MATERIALS, OBJECTS, PEOPLE, PLACE_PROPERTIES, PLACES, with_article
+from data.world import LEG_COUNTS, MATERIALS, OBJECTS, PEOPLE, PLACE_PROPERTIES, PLACES, with_article
 from data.world import fact_flight, fact_food, fact_home, fact_kind, fact_legs, fact_made_of, fact_use
 
 ANSWER = "the correct answer is {label}"
@@ -120,7 +120,7 @@ def syn_arc_e(rng):
         name = rng.choice(ANIMALS)
         legs = ANIMAL[name]["legs"]
         return four_way(rng, f"How many legs does the {name} have?", str(legs),
-                        [str(n) for n in (0, 2, 4, 6, 8) if n != legs], fact=fact_legs(name))
+                        [str(n) for n in LEG_COUNTS if n != legs], fact=fact_legs(name))
     if form == 4:
         kind = rng.choice(list(KIND_PLURALS))
         return which(rng, "animals", f"is {with_article(kind)}", ANIMALS, lambda n: ANIMAL[n]["kind"] == kind,
@@ -261,7 +261,7 @@ def animal_claims(name):
     return {
         "food": (f"The {name} eats {animal['food']}.", f"does the {name} eat {{}}", animal["food"], FOODS),
         "legs": (f"It has {legs_word} legs.", f"does the {name} have {{}} legs", str(animal["legs"]),
-                 ["0", "2", "4", "6", "8"]),
+                 [str(n) for n in LEG_COUNTS]),
         "kind": (f"It is {with_article(animal['kind'])}.", f"is the {name} {{}}", with_article(animal["kind"]),
                  [with_article(k) for k in KIND_PLURALS]),
         "home": (f"It lives in the {animal['home']}.", f"does the {name} live in the {{}}", animal["home"],

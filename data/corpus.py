@@ -261,7 +261,7 @@ def difference(rng):
 LIST_KEYS = ["Shelf", "Box", "Room", "Page", "Card", "Line", "Row", "Door"]
 LIST_CONTENTS = [
     list(ANIMAL), [name for name, _, _ in OBJECTS], list(MATERIALS), [f"the {place}" for place in PLACES],
-    world.FOODS, ["0", "2", "4", "6", "8"],
+    world.FOODS, [str(n) for n in world.LEG_COUNTS],
 ]
 
 
@@ -311,17 +311,24 @@ def numbered_facts(rng):
     return [(m, world.fact_material(m, prop), material_phrase(m, prop)) for m in MATERIALS]
 
 
+def numbered_entries(rng):
+    """2-5 entries (subject, fact, value) of one kind of fact, their values, and the indices of the entries
+    whose value no other entry has (at least one: those are the ones a lookup can find)."""
+    while True:
+        facts = numbered_facts(rng)
+        entries = rng.sample(facts, rng.randint(2, min(5, len(facts))))
+        values = [value for _, _, value in entries]
+        unique = [i for i, value in enumerate(values) if values.count(value) == 1]
+        if unique:
+            return entries, values, unique
+
+
 def numbered_doc(rng):
     """A list under numbered keys; each entry again on a line of its own, with its number, the entry and a
     fact about it, the number again; then an entry's last words found again and its number copied from there:
     "Shelf1: owl\nShelf2: cow\n1: owl, the owl eats mice 1\n2: cow, the cow eats grass 2. grass 2." The
     commonsense rationales read their options the same way."""
-    facts = numbered_facts(rng)
-    entries = rng.sample(facts, rng.randint(2, min(5, len(facts))))
-    values = [value for _, _, value in entries]
-    unique = [i for i, value in enumerate(values) if values.count(value) == 1]
-    if not unique:
-        return numbered_doc(rng)
+    entries, values, unique = numbered_entries(rng)
     key = rng.choice(LIST_KEYS)
     keyed = "\n".join(f"{key}{i}: {subject}" for i, (subject, _, _) in enumerate(entries, 1))
     bare = rng.random() < 0.3  # the subjects alone: "1: owl 1\n2: cow 2. cow 2."
@@ -355,7 +362,7 @@ def animal_question(rng):
     animal, plural = ANIMAL[name], ANIMAL[name]["plural"]
     form = rng.randrange(5)
     if form == 0:
-        right, wrong = animal["legs"], rng.choice([n for n in (0, 2, 4, 6, 8) if n != animal["legs"]])
+        right, wrong = animal["legs"], rng.choice([n for n in world.LEG_COUNTS if n != animal["legs"]])
         return (f"How many legs do {plural} have?", f"{plural} have {right or 'no'} legs",
                 f"{plural} have {wrong or 'no'} legs")
     if form == 1:
@@ -620,7 +627,7 @@ def same_doc(rng):
 
 
 # the values a syn_boolq question compares, by claim: two of one list are compared, never two lists
-SAME_VALUES = [world.FOODS, list(PLACES), list(KIND_PLURALS), ["0", "2", "4", "6", "8"]]
+SAME_VALUES = [world.FOODS, list(PLACES), list(KIND_PLURALS), [str(n) for n in world.LEG_COUNTS]]
 SAME_HEADINGS = ["Same or not", "The same", "Is it the same"]
 
 

@@ -152,6 +152,7 @@ ANIMALS = [
 ]
 
 FOODS = sorted({animal[5] for animal in ANIMALS})
+LEG_COUNTS = (0, 2, 4, 6, 8)  # the legs an animal can have, and the tasks ask about
 
 # ----------------------------------------------------------------------------------------------------------
 # People, the things they count, and where they keep them: the cast of the math stories.

@@ -44,12 +44,7 @@ def aqua_yes(generate):
 
 
 def numbered_doc_yes(rng):
-    facts = corpus.numbered_facts(rng)
-    entries = rng.sample(facts, rng.randint(2, min(5, len(facts))))
-    values = [value for _, _, value in entries]
-    unique = [i for i, value in enumerate(values) if values.count(value) == 1]
-    if not unique:
-        return numbered_doc_yes(rng)
+    entries, values, unique = corpus.numbered_entries(rng)
     k = rng.choice(unique)
     key = rng.choice(corpus.LIST_KEYS)
     keyed = "\n".join(f"{key}{i}: {s}" for i, (s, _, _) in enumerate(entries, 1))
@@ -67,6 +62,7 @@ def echo_doc_numbers_half(rng):
 
 
 ECHO_DOC = corpus.echo_doc
+
 
 def main():
     variants, args = sys.argv[1], sys.argv[2:]

@@ -14,7 +14,7 @@ plus its adapter, forward, backward and both, for
   lora64   plain LoRA of rank 64 (the same parameter count) in eager PyTorch, as LoRALinear computes it
   kernel   our CUDA kernel (moelora.moelora(..., impl="cuda"))
   klora64  our kernel as plain LoRA (E=1, r=64)
-  fused    our kernel with the frozen layer in one op (moelora.moelora_linear_cuda): the kernel adds its
+  fused    our kernel with the frozen layer in one op (kernel.moelora_linear_cuda): the kernel adds its
            output into the frozen layer's, and its dx into the frozen layer's dx
   base     the frozen layer alone
 "path" is a variant's forward+backward minus the frozen layer's, in the same run. Its floor is 14*N*d
@@ -38,6 +38,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import kernel
 import moelora
 from model import GPT, GPTConfig
 
@@ -107,7 +108,7 @@ def layer_variants(d, dtype, gen, base):
         "lora64": (lambda x, g: base(x) + SCALING * ((x @ A64.T) @ B64.T), [A64, B64], False),
         "kernel": (lambda x, g: base(x) + moelora.moelora(x, A, B, g, SCALING, impl="cuda"), [A, B], True),
         "klora64": (lambda x, g: base(x) + kernel_lora(x, g), [A64, B64], False),
-        "fused": (lambda x, g: moelora.moelora_linear_cuda(x, base.weight, base.bias, A, B, g, SCALING), [A, B], True),
+        "fused": (lambda x, g: kernel.moelora_linear_cuda(x, base.weight, base.bias, A, B, g, SCALING), [A, B], True),
         "base": (lambda x, g: base(x), [], False),
     }
 
@@ -283,7 +284,7 @@ def main(argv):
             raise SystemExit(f"bench.py: unknown argument {arg!r} (expected --quick, --json=PATH, --compiled-only)")
     if not torch.cuda.is_available():
         raise SystemExit("bench.py needs a CUDA GPU")
-    moelora.load_kernel()  # build first, so that no timing includes it
+    kernel.load_kernel()  # build first, so that no timing includes it
     bw = copy_bandwidth_gbs(5 if quick else 20)
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": bw, "quick": quick}
     print(f"{info['device']}, torch {info['torch']}; measured copy bandwidth {bw:.0f} GB/s (read + write)")

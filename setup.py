@@ -13,7 +13,7 @@ from setuptools import setup
 
 # === CUDA extension: begin ===
 # The kernel (csrc/) as the module moelora_cuda_ext, built only where torch has CUDA and nvcc is found
-# (CUDA_HOME); elsewhere nothing is built and moelora.load_kernel() JIT-builds csrc/ on first use. pip
+# (CUDA_HOME); elsewhere nothing is built and kernel.load_kernel() JIT-builds csrc/ on first use. pip
 # builds in an isolated environment without torch unless told not to:
 #     pip install --no-build-isolation -e .      # TORCH_CUDA_ARCH_LIST picks the GPUs (default 8.0;9.0)
 ext_modules, cmdclass = [], {}
@@ -36,7 +36,7 @@ setup(
     version="0.1.0",
     description="MoELoRA (LoRA as a mixture of experts) from scratch: GPT-2, adapters, a CUDA kernel",
     python_requires=">=3.11",
-    py_modules=["model", "moelora", "cli"],
+    py_modules=["model", "moelora", "kernel", "cli"],
     packages=["data"],
     install_requires=["torch>=2.4", "numpy", "tiktoken", "regex", "ninja"],  # regex: GPT-2's split pattern
     extras_require={

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kernel  # noqa: E402
 import moelora  # noqa: E402
 from bench import copy_bandwidth_gbs, time_us  # noqa: E402
 
@@ -46,7 +47,7 @@ def check(N, d_in, d_out, E, r, dtype, gen):
     low = [t.to(dtype) for t in (x, A, B, gates)]
     ref = fwd_bwd(moelora.moelora_ref, [t.double() for t in low], dy.to(dtype).double(), 1.5)
     pt = fwd_bwd(moelora.moelora_ref, low, dy.to(dtype), 1.5)
-    ours = fwd_bwd(moelora.moelora_cuda, low, dy.to(dtype), 1.5)
+    ours = fwd_bwd(kernel.moelora_cuda, low, dy.to(dtype), 1.5)
     report(N, d_in, d_out, E, r, dtype, "op   ", ours, pt, ref)
     # the fused layer: F.linear(x, W, b) + the op, the adds inside the kernel
     W = (torch.randn(d_out, d_in, device="cuda", generator=gen) / d_in ** 0.5).to(dtype)
@@ -54,7 +55,7 @@ def check(N, d_in, d_out, E, r, dtype, gen):
     ref = fwd_bwd(lambda x, *a: F.linear(x, W.double(), b.double()) + moelora.moelora_ref(x, *a),
                   [t.double() for t in low], dy.to(dtype).double(), 1.5)
     pt = fwd_bwd(lambda x, *a: F.linear(x, W, b) + moelora.moelora_ref(x, *a), low, dy.to(dtype), 1.5)
-    ours = fwd_bwd(lambda x, *a: moelora.moelora_linear_cuda(x, W, b, *a), low, dy.to(dtype), 1.5)
+    ours = fwd_bwd(lambda x, *a: kernel.moelora_linear_cuda(x, W, b, *a), low, dy.to(dtype), 1.5)
     report(N, d_in, d_out, E, r, dtype, "fused", ours, pt, ref)
 
 
@@ -129,7 +130,7 @@ def time_shape(N, d, E, r, bw):
 def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, MOELORA_BM={os.environ.get('MOELORA_BM')}, "
           f"poison={os.environ.get('MOELORA_POISON')}")
-    moelora.load_kernel()
+    kernel.load_kernel()
     gen = torch.Generator(device="cuda").manual_seed(1234)
     if "--time-only" in sys.argv:
         return timing()

@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions MAX_JOBS=16
 start=$(date +%s)
-python3 -c "import moelora; moelora.load_kernel(); print('kernel loaded')" 2>&1 | tee "$OUT/build.log" | tail -30
+python3 -c "import kernel; kernel.load_kernel(); print('kernel loaded')" 2>&1 | tee "$OUT/build.log" | tail -30
 echo "build: $(( $(date +%s) - start )) s"
 if has check; then  # NaN-poisoned outputs, both tile configurations, every dtype
   for bm in 128 64; do

@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,memory.used --format=csv
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 start=$(date +%s)
-python3 -c "import moelora; moelora.load_kernel(); print('kernel built and loaded')" 2>&1 | tee "$OUT/build.log" | tail -5
+python3 -c "import kernel; kernel.load_kernel(); print('kernel built and loaded')" 2>&1 | tee "$OUT/build.log" | tail -5
 echo "build: $(( $(date +%s) - start )) s"
 start=$(date +%s)
 timeout 240 python3 -m pytest -q -rs tests/test_kernel.py 2>&1 | tee "$OUT/tests_kernel.log" | tail -12

@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 
+import kernel
 import moelora
 from routing import PATTERNS, make_gates
 
@@ -82,7 +83,7 @@ def test_kernel_matches_reference(shape, pattern, dtype):
     scaling = 1.7
     ref = forward_backward(moelora.moelora_ref, x, A, B, gates, dy, scaling, torch.float64)
     torch_lowp = forward_backward(moelora.moelora_ref, x, A, B, gates, dy, scaling, dtype)
-    ours = forward_backward(moelora.moelora_cuda, x, A, B, gates, dy, scaling, dtype)
+    ours = forward_backward(kernel.moelora_cuda, x, A, B, gates, dy, scaling, dtype)
     check_against_fp64(f"{shape} {pattern}", dtype, ours, torch_lowp, ref)
 
 
@@ -102,7 +103,7 @@ def test_fused_linear_matches_reference(shape, dtype):
         return torch.nn.functional.linear(x, W.to(x.dtype), b.to(x.dtype)) + moelora.moelora_ref(x, A, B, gates, scaling)
 
     def layer_fused(x, A, B, gates, scaling):
-        return moelora.moelora_linear_cuda(x, W.to(x.dtype), b.to(x.dtype), A, B, gates, scaling)
+        return kernel.moelora_linear_cuda(x, W.to(x.dtype), b.to(x.dtype), A, B, gates, scaling)
 
     ref = forward_backward(layer_ref, x, A, B, gates, dy, 0.9, torch.float64)
     torch_lowp = forward_backward(layer_ref, x, A, B, gates, dy, 0.9, dtype)
@@ -115,7 +116,7 @@ def test_fused_linear_needs_a_frozen_weight():
     x, A, B, gates = _op_inputs()
     W = torch.zeros(24, 32, device="cuda", dtype=x.dtype, requires_grad=True)
     with pytest.raises(ValueError, match="must be frozen"):
-        moelora.moelora_linear_cuda(x, W, None, A, B, gates, 1.0)
+        kernel.moelora_linear_cuda(x, W, None, A, B, gates, 1.0)
 
 
 @cuda
@@ -136,12 +137,12 @@ def test_noncontiguous_and_misaligned_inputs(dtype):
     flat[2:] = x.flatten()
     views = {"strided": (x_big[:, 1::2], A_big[:, 2:2 + r], B_t, g_big[:, 1:]),
              "misaligned": (flat[2:].view(N, d_in), A, B, gates)}
-    expected = forward_backward(moelora.moelora_cuda, x, A, B, gates, dy, 0.5, dtype)
+    expected = forward_backward(kernel.moelora_cuda, x, A, B, gates, dy, 0.5, dtype)
     assert not views["strided"][0].is_contiguous() and not views["strided"][1].is_contiguous()
     assert views["misaligned"][0].storage_offset() * views["misaligned"][0].element_size() % 16 != 0
     for name, (xv, Av, Bv, gv) in views.items():
         leaves = [t.detach().requires_grad_() for t in (xv, Av, Bv, gv)]
-        y = moelora.moelora_cuda(*leaves, 0.5)
+        y = kernel.moelora_cuda(*leaves, 0.5)
         y.backward(dy)
         for what, o, e in zip(["y", "dx", "dA", "dB", "dgates"], [y] + [t.grad for t in leaves], expected):
             assert torch.equal(o, e), f"{name} inputs: {what} differs from the contiguous inputs' result"
@@ -153,8 +154,8 @@ def test_deterministic_and_on_the_current_stream():
     # stream than the current one would read x before the copy lands.
     N, d_in, d_out, E, r = 2048, 512, 512, 8, 8
     x, A, B, gates, dy = (t.to(torch.bfloat16) for t in make_inputs(N, d_in, d_out, E, r, "uniform", torch.bfloat16, 5))
-    expected = forward_backward(moelora.moelora_cuda, x, A, B, gates, dy, 2.0, torch.bfloat16)
-    again = forward_backward(moelora.moelora_cuda, x, A, B, gates, dy, 2.0, torch.bfloat16)
+    expected = forward_backward(kernel.moelora_cuda, x, A, B, gates, dy, 2.0, torch.bfloat16)
+    again = forward_backward(kernel.moelora_cuda, x, A, B, gates, dy, 2.0, torch.bfloat16)
     for e, a in zip(expected, again):
         assert torch.equal(e, a), "two runs on the same inputs differ"
     side = torch.cuda.Stream()
@@ -163,7 +164,7 @@ def test_deterministic_and_on_the_current_stream():
         x_late = torch.zeros_like(x)
         torch.cuda._sleep(50_000_000)  # tens of milliseconds of spinning on the side stream
         x_late.copy_(x)
-        got = forward_backward(moelora.moelora_cuda, x_late, A, B, gates, dy, 2.0, torch.bfloat16)
+        got = forward_backward(kernel.moelora_cuda, x_late, A, B, gates, dy, 2.0, torch.bfloat16)
     torch.cuda.current_stream().wait_stream(side)
     for what, e, g in zip(["y", "dx", "dA", "dB", "dgates"], expected, got):
         assert torch.equal(e, g), f"{what} differs on a side stream"
@@ -188,7 +189,7 @@ def _op_inputs(dtype=torch.bfloat16, N=16, d_in=32, d_out=24, E=4, r=2):
 ])
 def test_operator_rejects_bad_inputs_clearly(change, words):
     # the operator itself (moelora.moelora checks most of these before it is reached)
-    moelora.load_kernel()
+    kernel.load_kernel()
     with pytest.raises(RuntimeError, match=re.escape(words)):
         torch.ops.moelora.fwd(*change(*_op_inputs()), 1.0)
 
@@ -203,7 +204,7 @@ def test_rank_limit_is_a_clear_error():
 @cuda
 def test_no_tokens():
     x, A, B, gates = [t.requires_grad_() for t in _op_inputs(N=0)]
-    y = moelora.moelora_cuda(x, A, B, gates, 1.0)
+    y = kernel.moelora_cuda(x, A, B, gates, 1.0)
     assert y.shape == (0, 24)
     y.sum().backward()
     assert A.grad.abs().sum() == 0 and B.grad.abs().sum() == 0
@@ -217,7 +218,7 @@ def test_compiles_without_graph_breaks():
     x, A, B, gates, dy = (t.to(torch.bfloat16) for t in make_inputs(N, d_in, d_out, E, r, "soft", torch.bfloat16, 3))
     fn = torch.compile(lambda *a: moelora.moelora(*a, 0.5, impl="cuda"), fullgraph=True, backend="aot_eager")
     compiled = forward_backward(lambda *a: fn(*a[:4]), x, A, B, gates, dy, 0.5, torch.bfloat16)
-    eager = forward_backward(moelora.moelora_cuda, x, A, B, gates, dy, 0.5, torch.bfloat16)
+    eager = forward_backward(kernel.moelora_cuda, x, A, B, gates, dy, 0.5, torch.bfloat16)
     for what, c, e in zip(["y", "dx", "dA", "dB", "dgates"], compiled, eager):
         assert torch.equal(c, e), f"{what}: compiled and eager results differ"
 
@@ -234,9 +235,9 @@ def test_cuda_impl_without_cuda_raises_clearly():
     with pytest.raises(ValueError, match="impl='cuda' needs CUDA tensors"):
         moelora.moelora(x, A, B, gates, 1.0, impl="cuda")
     with pytest.raises(RuntimeError, match="CUDA kernel is unavailable. .*CUDA is not available"):
-        moelora.load_kernel()
+        kernel.load_kernel()
     with pytest.raises(RuntimeError, match="CUDA is not available"):
-        moelora.moelora_cuda(x, A, B, gates, 1.0)
+        kernel.moelora_cuda(x, A, B, gates, 1.0)
 
 
 @cpu_only

@@ -221,15 +221,11 @@ def bench_e2e(name, cfg, batch, quick, compile=False):
     gen = torch.Generator(device="cuda").manual_seed(1)
     idx = torch.randint(0, gcfg.vocab_size, (batch, gcfg.block_size + 1), device="cuda", generator=gen)
     x, y = idx[:, :-1], idx[:, 1:]
-    coef = {"balance": cfg.balance_coef, "contrastive": cfg.contrastive_coef}
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             _, loss = forward(x, y)
-            aux = moelora.collect_aux(model)
-            for k, c in coef.items():
-                if aux[k] is not None:
-                    loss = loss + c * aux[k]
+            loss = loss + moelora.auxiliary_loss(moelora.collect_aux(model), cfg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -34,5 +34,5 @@ fi
 stamp "fine-tuning MoELoRA adapters on the 11 tasks"
 python train.py config/demo_finetune.toml
 stamp "evaluating"
-python eval.py --ckpt=out/demo/moelora/ckpt.pt
+python evaluate.py --ckpt=out/demo/moelora/ckpt.pt
 stamp "done"

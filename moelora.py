@@ -415,7 +415,7 @@ def collect_aux(model):
     Returns {"balance": mean over layers (scalar tensor, or None without MoELoRA layers),
              "contrastive": mean over layers (or None when not computed),
              "layers": {module name: {"load": (E,), "entropy": scalar}}}.
-    The training loss is L_lm + balance_coef * balance + contrastive_coef * contrastive.
+    The training loss is L_lm + auxiliary_loss(aux, cfg).
     """
     balance, contrastive, layers = [], [], {}
     for name, m in model.named_modules():
@@ -428,12 +428,25 @@ def collect_aux(model):
     return {"balance": mean(balance), "contrastive": mean(contrastive), "layers": layers}
 
 
+def auxiliary_loss(aux, cfg):
+    """What the auxiliary losses add to the training loss, balance_coef * balance + contrastive_coef *
+    contrastive, from collect_aux's result (a term it lacks adds nothing); cfg: the AdapterConfig."""
+    loss = 0.0
+    if aux["balance"] is not None:
+        loss = loss + cfg.balance_coef * aux["balance"]
+    if aux["contrastive"] is not None:
+        loss = loss + cfg.contrastive_coef * aux["contrastive"]
+    return loss
+
+
 # ----------------------------------------------------------------------------------------------------
 # Putting adapters into a model
 
 @dataclass
 class AdapterConfig:
-    kind: str = "moelora"  # "lora" | "moelora"
+    """The adapters inject() puts into a model, and the coefficients of their auxiliary losses (training
+    reads them from here: auxiliary_loss). train.py's TrainConfig holds one as its `adapter` group."""
+    kind: str = "moelora"  # "lora" | "moelora" | "none" (train.py: fine-tune all parameters instead)
     r: int = 4  # rank of the LoRA, or of one MoELoRA expert
     alpha: float = 8.0  # scaling = alpha / r
     dropout: float = 0.05
@@ -451,8 +464,8 @@ class AdapterConfig:
     impl: str = "auto"  # "auto" | "cuda" | "ref", see moelora()
 
     def __post_init__(self):
-        if self.kind not in ("lora", "moelora"):
-            raise ValueError(f"AdapterConfig.kind must be 'lora' or 'moelora', got {self.kind!r}")
+        if self.kind not in ("lora", "moelora", "none"):
+            raise ValueError(f"AdapterConfig.kind must be 'lora', 'moelora' or 'none', got {self.kind!r}")
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
@@ -470,6 +483,8 @@ def inject(model, cfg):
     The base layers are kept (inside the adapters) and frozen; call mark_only_adapters_trainable(model)
     to freeze the rest of the model too. Returns the model.
     """
+    if cfg.kind == "none":
+        raise ValueError("inject: AdapterConfig.kind is 'none', there is nothing to inject")
     names = [n for n, m in model.named_modules() if any(matches(n, p) for p in cfg.targets)]
     if not names:
         raise ValueError(f"inject: no module name matches targets {list(cfg.targets)}; names look like "

@@ -36,7 +36,7 @@ setup(
     version="0.1.0",
     description="MoELoRA (LoRA as a mixture of experts) from scratch: GPT-2, adapters, a CUDA kernel",
     python_requires=">=3.11",
-    py_modules=["model", "moelora", "kernel", "cli"],
+    py_modules=["model", "moelora", "kernel", "checkpoint", "cli"],
     packages=["data"],
     install_requires=["torch>=2.4", "numpy", "tiktoken", "regex", "ninja"],  # regex: GPT-2's split pattern
     extras_require={

@@ -2,8 +2,8 @@
 Kernel development check (llm.c's dev/ habit): validate the csrc/ kernel against the float64 reference,
 then time it, kernel by kernel, at the benchmark's shapes. Run once per tile configuration:
 
-    MOELORA_POISON=1 MOELORA_BM=64  python dev/check_and_time.py
-    MOELORA_POISON=1 MOELORA_BM=128 python dev/check_and_time.py
+    MOELORA_POISON=1 MOELORA_BM=64  python -m dev.check_and_time [--check_only=1 | --time_only=1]
+    MOELORA_POISON=1 MOELORA_BM=128 python -m dev.check_and_time
 
 MOELORA_POISON=1 makes the extension fill every output and workspace with NaN before its kernels run,
 so an element no kernel writes shows up as NaN here. MOELORA_BM picks the token rows per block of the
@@ -14,15 +14,21 @@ plus the profiler's per-kernel averages, against the copy bandwidth measured her
 """
 
 import os
-import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import kernel  # noqa: E402
-import moelora  # noqa: E402
-from bench import copy_bandwidth_gbs, time_us  # noqa: E402
+import cli
+import kernel
+import moelora
+from bench import copy_bandwidth_gbs, time_us
+
+
+@dataclass
+class CheckConfig:
+    check_only: bool = False  # the correctness check, no timing
+    time_only: bool = False  # the timing, no correctness check
 
 
 def rel(a, b):
@@ -127,12 +133,13 @@ def time_shape(N, d, E, r, bw):
     print(line)
 
 
-def main():
+def main(argv=None):
+    cfg = cli.parse(CheckConfig, argv)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, MOELORA_BM={os.environ.get('MOELORA_BM')}, "
           f"poison={os.environ.get('MOELORA_POISON')}")
     kernel.load_kernel()
     gen = torch.Generator(device="cuda").manual_seed(1234)
-    if "--time-only" in sys.argv:
+    if cfg.time_only:
         return timing()
     print("correctness: relative error kernel/PyTorch-same-dtype, each against float64")
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -141,7 +148,7 @@ def main():
                       (64, 3072, 768, 16, 4), (200, 64, 128, 64, 8)]:
             check(*shape, dtype, gen)
     print(f"correctness failures: {check.failures}")
-    if "--check-only" not in sys.argv:
+    if not cfg.check_only:
         timing()
 
 

@@ -17,7 +17,7 @@ python3 -c "import kernel; kernel.load_kernel(); print('kernel loaded')" 2>&1 | 
 echo "build: $(( $(date +%s) - start )) s"
 if has check; then  # NaN-poisoned outputs, both tile configurations, every dtype
   for bm in 128 64; do
-    MOELORA_POISON=1 MOELORA_BM=$bm timeout 120 python3 dev/check_and_time.py --check-only 2>&1 | tee "$OUT/check$bm.log"
+    MOELORA_POISON=1 MOELORA_BM=$bm timeout 120 python3 -m dev.check_and_time --check_only=1 2>&1 | tee "$OUT/check$bm.log"
   done
 fi
 if has tests; then
@@ -32,6 +32,6 @@ if has bench; then
 fi
 if has timing; then  # per-kernel timing, without poison (its NaN fills would be timed too)
   for bm in 128 64; do
-    MOELORA_BM=$bm timeout 60 python3 dev/check_and_time.py --time-only 2>&1 | tee "$OUT/time$bm.log"
+    MOELORA_BM=$bm timeout 60 python3 -m dev.check_and_time --time_only=1 2>&1 | tee "$OUT/time$bm.log"
   done
 fi

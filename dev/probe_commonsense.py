@@ -2,7 +2,7 @@
 one, against the reference output's (the facts written for each option, then the value looked up with its
 number, then the label).
 
-    python dev/probe_commonsense.py --ckpt=out/demo/moelora/ckpt.pt [--max_items=150] [--dump=outputs.jsonl]
+    python -m dev.probe_commonsense --ckpt=out/demo/moelora/ckpt.pt [--max_items=150] [--dump=outputs.jsonl]
 
 For each task: accuracy, and for each sentence of the reference output (split at ". " and at line ends),
 the fraction of outputs whose sentence matches it exactly; "label follows" counts outputs whose label repeats
@@ -12,27 +12,36 @@ output beside its reference.
 import json
 import os
 import re
-import sys
+from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
-from data.llm_adapters import is_correct, load_json  # noqa: E402
-from data.tokenizer import load_tokenizer  # noqa: E402
-from eval import answer_length, greedy_answers, read_meta  # noqa: E402
+import checkpoint
+import cli
+from data.llm_adapters import is_correct, load_json
+from data.tokenizer import load_tokenizer
+from evaluate import answer_length, greedy_answers, read_meta
+
+
+@dataclass
+class ProbeConfig:
+    ckpt: str = "out/demo/moelora/ckpt.pt"
+    data_dir: str = ""  # default: the data the checkpoint was trained on
+    max_items: int = 150  # test items per task
+    dump: str = ""  # a .jsonl file for every output beside its reference
+    device: str = "auto"
 
 
 @torch.no_grad()
-def main():
-    args = dict(a.removeprefix("--").split("=", 1) for a in sys.argv[1:])
-    device = args.get("device", "cuda" if torch.cuda.is_available() else "cpu")
-    model, ckpt = train.load_checkpoint(args["ckpt"])
+def main(argv=None):
+    cfg = cli.parse(ProbeConfig, argv)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, ckpt = checkpoint.load_checkpoint(cfg.ckpt)
     model.to(device).eval()
-    data_dir = args.get("data_dir", ckpt["data"]["data_dir"])
+    data_dir = cfg.data_dir or ckpt["data"]["data_dir"]
     meta, enc = read_meta(data_dir), load_tokenizer(data_dir)
-    n = int(args.get("max_items", 150))
-    dump = open(args["dump"], "w") if "dump" in args else None
+    n = cfg.max_items
+    dump = open(cfg.dump, "w") if cfg.dump else None
     for task in meta["commonsense_tasks"] + ["syn_aqua"]:
         items = load_json(os.path.join(data_dir, "tasks", task, "test.json"))[:n]
         outs = greedy_answers(model, enc, items, answer_length(enc, data_dir, task), meta["eot_token"])

@@ -2,28 +2,34 @@
 before the first number looked up ("... 2: cow, the cow eats grass 2. grass" -> " 2"); the share the model
 predicts right (chance: about 1 in the number of entries).
 
-    python dev/probe_lookup.py --ckpt=out/demo/base/ckpt.pt [--data_dir=out/data] [--n=300]
+    python -m dev.probe_lookup --ckpt=out/demo/base/ckpt.pt [--data_dir=out/data] [--n=300]
 """
-import os
 import random
-import sys
+from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
-from data import corpus  # noqa: E402
-from data.tokenizer import load_tokenizer  # noqa: E402
+import checkpoint
+import cli
+from data import corpus
+from data.tokenizer import load_tokenizer
+
+
+@dataclass
+class ProbeConfig:
+    ckpt: str = "out/demo/base/ckpt.pt"
+    data_dir: str = ""  # default: the data the checkpoint was trained on
+    n: int = 300  # documents to probe
 
 
 @torch.no_grad()
-def main():
-    args = dict(a.removeprefix("--").split("=", 1) for a in sys.argv[1:])
-    model, ckpt = train.load_checkpoint(args["ckpt"])
+def main(argv=None):
+    cfg = cli.parse(ProbeConfig, argv)
+    model, ckpt = checkpoint.load_checkpoint(cfg.ckpt)
     model.eval()
-    enc = load_tokenizer(args.get("data_dir", ckpt["data"]["data_dir"]))
+    enc = load_tokenizer(cfg.data_dir or ckpt["data"]["data_dir"])
     rng = random.Random(12345)
-    right, n = 0, int(args.get("n", 300))
+    right, n = 0, cfg.n
     for _ in range(n):
         doc = corpus.numbered_doc(rng)
         end = doc.index(". ", doc.rindex(":"))  # the end of the numbered entries
@@ -31,6 +37,7 @@ def main():
         logits, _ = model(torch.tensor([enc.encode(doc[:end + 2] + words)]))
         right += enc.decode([int(logits[0, -1].argmax())]).strip() == number
     print(f"lookup right {right}/{n} = {right / n:.1%}")
+    return right / n
 
 
 if __name__ == "__main__":

@@ -1,22 +1,28 @@
 """Where a GPT-2-124M MoELoRA training step spends its time (H100, bf16, batch 8x1024): a torch.profiler
 table of one eager step, GPU-busy time against wall time, and the graph breaks torch.compile meets.
 
-    PYTHONPATH=. python dev/profile_e2e.py [cuda|ref]
+    python -m dev.profile_e2e [--impl=cuda|ref]
 """
 
-import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
+import cli
 import moelora
 from bench import e2e_configs
 from model import GPT, GPTConfig
 
-impl = sys.argv[1] if len(sys.argv) > 1 else "cuda"
+
+@dataclass
+class ProfileConfig:
+    impl: str = "cuda"  # the MoELoRA op's implementation: "cuda" (the kernel) or "ref"
+
+
 torch.manual_seed(0)
 cfg = e2e_configs()["MoELoRA kernel"]
-cfg.impl = impl
+cfg.impl = cli.parse(ProfileConfig).impl
 model = moelora.mark_only_adapters_trainable(moelora.inject(GPT(GPTConfig()), cfg)).cuda()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 idx = torch.randint(0, 50257, (8, 1025), device="cuda")
@@ -25,8 +31,7 @@ idx = torch.randint(0, 50257, (8, 1025), device="cuda")
 def step(m):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         _, loss = m(idx[:, :-1], idx[:, 1:])
-        aux = moelora.collect_aux(model)
-        loss = loss + cfg.balance_coef * aux["balance"] + cfg.contrastive_coef * aux["contrastive"]
+        loss = loss + moelora.auxiliary_loss(moelora.collect_aux(model), cfg)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -126,9 +126,7 @@ def test_tiny_model_overfits_one_batch(kind):
     opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     for _ in range(400):
         _, loss = m(x, y)
-        aux = moelora.collect_aux(m)
-        if aux["balance"] is not None:
-            loss = loss + cfg.balance_coef * aux["balance"] + cfg.contrastive_coef * aux["contrastive"]
+        loss = loss + moelora.auxiliary_loss(moelora.collect_aux(m), cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

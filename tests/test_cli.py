@@ -1,6 +1,7 @@
 """cli.parse: presets and --key=value overrides, cast by the field's type, with clear errors."""
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -46,3 +47,50 @@ def test_bad_preset_values(tmp_path):
     preset.write_text("colour = 'red'\n")
     with pytest.raises(cli.ConfigError, match="unknown setting 'colour'"):
         cli.parse(Settings, [str(preset)])
+
+
+@dataclass
+class Inner:
+    r: int = 4
+    kind: str = "x"
+
+    def __post_init__(self):
+        if self.kind not in ("x", "y"):
+            raise ValueError(f"kind must be x or y, got {self.kind!r}")
+
+
+@dataclass
+class Outer:
+    steps: int = 10
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_groups_take_dotted_keys_and_tables(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('steps = 2\n[inner]\nr = 8\n')
+    assert cli.parse(Outer, [str(preset), "--inner.kind=y"]) == Outer(steps=2, inner=Inner(r=8, kind="y"))
+    # saved settings (dataclasses.asdict) come back, and overrides go on top of them
+    saved = dataclasses.asdict(Outer(inner=Inner(r=3)))
+    assert cli.parse(Outer, ["--inner.kind=y"], start=saved) == Outer(inner=Inner(r=3, kind="y"))
+    assert "--inner.r=4  (int)" in cli.describe(Outer)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--inner=3"], "'inner' .*is a group of settings; set one of inner.r, inner.kind"),
+    (["--inner.rank=3"], "unknown setting 'inner.rank'.*valid settings: inner.r, inner.kind"),
+    (["--inner.r=three"], "'inner.r' .*expects int"),
+    (["--steps.x=1"], "'steps' .*has no sub-settings"),
+    (["--inner.kind=z"], "kind must be x or y, got 'z'"),
+])
+def test_bad_group_arguments(argv, words):
+    with pytest.raises(cli.ConfigError, match=words):
+        cli.parse(Outer, argv)
+
+
+def test_missing_or_broken_preset_is_named(tmp_path):
+    with pytest.raises(cli.ConfigError, match="preset .*nope.toml does not exist"):
+        cli.parse(Outer, [str(tmp_path / "nope.toml")])
+    broken = tmp_path / "broken.toml"
+    broken.write_text("steps = = 3\n")
+    with pytest.raises(cli.ConfigError, match="preset .*broken.toml is not valid TOML"):
+        cli.parse(Outer, [str(broken)])

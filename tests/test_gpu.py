@@ -1,5 +1,5 @@
 """The model, adapters and training loop on a GPU: no host synchronisation in a MoELoRA step, the kernel
-and the reference agree inside a whole model, train.py and eval.py run with bf16 autocast."""
+and the reference agree inside a whole model, train.py and evaluate.py run with bf16 autocast."""
 
 import dataclasses
 
@@ -29,8 +29,7 @@ def adapted_gpt(cfg, seed=0):
 def train_step(m, idx, cfg):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         _, loss = m(idx[:, :-1], idx[:, 1:])
-        aux = moelora.collect_aux(m)
-        loss = loss + cfg.balance_coef * aux["balance"] + cfg.contrastive_coef * aux["contrastive"]
+        loss = loss + moelora.auxiliary_loss(moelora.collect_aux(m), cfg)
     loss.backward()
     return loss
 
@@ -65,7 +64,7 @@ def test_kernel_and_reference_agree_in_a_model():
 
 
 def test_train_and_eval_scripts_on_gpu(tmp_path):
-    import eval as evaluation
+    import evaluate
     import train
     from data.prepare import ensure
     data_dir = str(tmp_path / "data")
@@ -74,8 +73,8 @@ def test_train_and_eval_scripts_on_gpu(tmp_path):
               "--log_interval=2", "--device=cuda", "--dtype=bfloat16"]
     train.main(["--mode=pretrain", f"--out_dir={tmp_path / 'base'}", "--n_layer=2", "--n_embd=64",
                 "--block_size=192", *common])
-    model_ = train.main(["--mode=finetune", f"--init_from={tmp_path / 'base' / 'ckpt.pt'}", "--adapter=moelora",
-                         f"--out_dir={tmp_path / 'ft'}", "--impl=cuda", "--lora_r=2", "--n_experts=4", *common])
+    model_ = train.main(["--mode=finetune", f"--init_from={tmp_path / 'base' / 'ckpt.pt'}", "--adapter.kind=moelora",
+                         f"--out_dir={tmp_path / 'ft'}", "--adapter.impl=cuda", "--adapter.r=2", "--adapter.n_experts=4", *common])
     assert next(model_.parameters()).is_cuda
-    report = evaluation.main([f"--ckpt={tmp_path / 'ft' / 'ckpt.pt'}", "--max_items=4", "--device=cuda"])
+    report = evaluate.main([f"--ckpt={tmp_path / 'ft' / 'ckpt.pt'}", "--max_items=4", "--device=cuda"])
     assert len(report["ft"]["accuracy"]) == 11

@@ -1,4 +1,4 @@
-"""train.py and eval.py end to end on a tiny model and a small build of the data: pretrain, fine-tune with
+"""train.py and evaluate.py end to end on a tiny model and a small build of the data: pretrain, fine-tune with
 each adapter kind, evaluate; exact resume; DDP equivalence; clear errors; crash-safe checkpoints."""
 
 import json
@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-import eval as evaluation
+import checkpoint
+import evaluate
 import model
 import moelora
 import train
@@ -38,7 +39,7 @@ def base_ckpt(data_dir, tmp_path_factory):
 def finetune_args(data_dir, base_ckpt, out, *extra):
     return ["--mode=finetune", f"--init_from={base_ckpt}", f"--data_dir={data_dir}", f"--out_dir={out}",
             "--batch_size=4", "--max_iters=6", "--eval_interval=3", "--eval_iters=2", "--log_interval=1",
-            "--lora_r=2", "--n_experts=4", "--top_k=2", "--device=cpu", "--dtype=float32", *extra]
+            "--adapter.r=2", "--adapter.n_experts=4", "--adapter.top_k=2", "--device=cpu", "--dtype=float32", *extra]
 
 
 def logged_losses(out_dir):
@@ -49,18 +50,18 @@ def logged_losses(out_dir):
 @pytest.mark.parametrize("adapter", ["lora", "moelora", "none"])
 def test_pretrain_finetune_eval(data_dir, base_ckpt, tmp_path, adapter):
     out = tmp_path / adapter
-    trained = train.main(finetune_args(data_dir, base_ckpt, out, f"--adapter={adapter}"))
+    trained = train.main(finetune_args(data_dir, base_ckpt, out, f"--adapter.kind={adapter}"))
     ckpt = torch.load(out / "ckpt.pt", weights_only=False)
     assert ckpt["iter_num"] == 6 and ckpt["kind"] == ("full" if adapter == "none" else "adapter")
     if adapter != "none":  # adapter checkpoints hold adapters only, and name their base
         assert all(moelora.is_adapter_param(k) for k in ckpt["model"])
         assert ckpt["base"]["init_from"] == os.path.abspath(base_ckpt)
         # fine-tuning changed only adapter parameters: the base is bit-identical
-        base = train.load_base(base_ckpt).state_dict()
+        base = checkpoint.load_base(base_ckpt).state_dict()
         for name, p in trained.state_dict().items():
             if not moelora.is_adapter_param(name):
                 assert torch.equal(p, base[name.replace(".base.", ".")]), name
-    report = evaluation.main([f"--ckpt={out / 'ckpt.pt'}", "--max_items=3", "--device=cpu"])
+    report = evaluate.main([f"--ckpt={out / 'ckpt.pt'}", "--max_items=3", "--device=cpu"])
     acc = report[adapter]["accuracy"]
     assert len(acc) == 11 and all(0.0 <= a <= 1.0 for a in acc.values())
     assert (out / "eval.md").exists() and (out / "eval.json").exists()
@@ -68,8 +69,8 @@ def test_pretrain_finetune_eval(data_dir, base_ckpt, tmp_path, adapter):
 
 
 def test_eval_reproduces_trained_model(data_dir, base_ckpt, tmp_path):
-    trained = train.main(finetune_args(data_dir, base_ckpt, tmp_path / "m", "--adapter=moelora")).eval()
-    loaded, _ = train.load_checkpoint(str(tmp_path / "m" / "ckpt.pt"))
+    trained = train.main(finetune_args(data_dir, base_ckpt, tmp_path / "m", "--adapter.kind=moelora")).eval()
+    loaded, _ = checkpoint.load_checkpoint(str(tmp_path / "m" / "ckpt.pt"))
     idx = torch.randint(0, 100, (2, 12))
     torch.testing.assert_close(loaded.eval()(idx)[0], trained(idx)[0], rtol=0, atol=0)
 
@@ -77,7 +78,7 @@ def test_eval_reproduces_trained_model(data_dir, base_ckpt, tmp_path):
 @pytest.mark.parametrize("adapter", ["moelora", "none"])
 def test_resume_continues_exactly(data_dir, base_ckpt, tmp_path, adapter):
     # dropout and the contrastive loss's token subsample both draw random numbers: resume must restore them
-    extra = [f"--adapter={adapter}", "--lora_dropout=0.1", "--dropout=0.1", "--contrastive_tokens=16"]
+    extra = [f"--adapter.kind={adapter}", "--adapter.dropout=0.1", "--dropout=0.1", "--adapter.contrastive_tokens=16"]
     train.main(finetune_args(data_dir, base_ckpt, tmp_path / "whole", *extra))
     train.main(finetune_args(data_dir, base_ckpt, tmp_path / "split", *extra, "--max_iters=3", "--lr_decay_iters=6"))
     train.main(finetune_args(data_dir, base_ckpt, tmp_path / "split", "--init_from=resume", "--max_iters=6"))
@@ -90,7 +91,7 @@ def test_resume_continues_exactly(data_dir, base_ckpt, tmp_path, adapter):
 def test_ddp_two_processes_equal_one(data_dir, base_ckpt, tmp_path):
     """Two gloo processes, one micro-batch each, give the losses of one process doing both micro-batches."""
     # no dropout and no subsampling: the only difference left is the order of the gradient sums
-    extra = ["--adapter=moelora", "--lora_dropout=0", "--contrastive_tokens=100000", "--grad_accum=2",
+    extra = ["--adapter.kind=moelora", "--adapter.dropout=0", "--adapter.contrastive_tokens=100000", "--grad_accum=2",
              "--max_iters=4"]
     args = finetune_args(data_dir, base_ckpt, tmp_path / "one", *extra)
     train.main(args)
@@ -111,7 +112,7 @@ def test_ddp_two_processes_equal_one(data_dir, base_ckpt, tmp_path):
 @pytest.mark.parametrize("argv,error,words", [
     (["--learning_rate=1"], "ConfigError", "unknown setting 'learning_rate'.*valid settings: mode, init_from"),
     (["--max_iters=ten"], "ConfigError", "'max_iters' .*expects int"),
-    (["--adapter=prefix"], "ConfigError", "adapter lora|moelora|none"),
+    (["--adapter.kind=prefix"], "ConfigError", "adapter.kind lora|moelora|none"),
     (["--init_from=nowhere/ckpt.pt"], "FileNotFoundError", "base checkpoint nowhere/ckpt.pt does not exist"),
     (["--init_from=scratch"], "ValueError", "fine-tuning needs a base"),
 ])
@@ -136,7 +137,7 @@ def test_script_reports_errors_without_traceback(tmp_path):
 
 def test_interrupted_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pt")
-    train.save_checkpoint(path, {"iter_num": 1, "w": torch.ones(3)})
+    checkpoint.save_checkpoint(path, {"iter_num": 1, "w": torch.ones(3)})
 
     def dies_midway(obj, f):
         f.write(b"half a checkpoint")
@@ -144,7 +145,7 @@ def test_interrupted_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(OSError, match="disk full"):
-        train.save_checkpoint(path, {"iter_num": 2, "w": torch.zeros(3)})
+        checkpoint.save_checkpoint(path, {"iter_num": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
     good = torch.load(path, weights_only=False)
     assert good["iter_num"] == 1 and torch.equal(good["w"], torch.ones(3))
@@ -187,12 +188,12 @@ def test_ctrl_c_saves_and_resume_finishes(data_dir, base_ckpt, tmp_path, monkeyp
 
 
 def test_adapter_checkpoint_refuses_another_base(data_dir, base_ckpt, tmp_path):
-    train.main(finetune_args(data_dir, base_ckpt, tmp_path / "ft", "--adapter=lora"))
-    other = train.load_base(base_ckpt)
+    train.main(finetune_args(data_dir, base_ckpt, tmp_path / "ft", "--adapter.kind=lora"))
+    other = checkpoint.load_base(base_ckpt)
     with torch.no_grad():
         other.transformer.h[0].mlp.c_fc.weight.add_(1.0)
     state = torch.load(base_ckpt, weights_only=False)
     state["model"] = other.state_dict()
-    train.save_checkpoint(str(tmp_path / "other.pt"), state)
+    checkpoint.save_checkpoint(str(tmp_path / "other.pt"), state)
     with pytest.raises(ValueError, match="not the same base model"):
-        train.load_checkpoint(str(tmp_path / "ft" / "ckpt.pt"), base=str(tmp_path / "other.pt"))
+        checkpoint.load_checkpoint(str(tmp_path / "ft" / "ckpt.pt"), base=str(tmp_path / "other.pt"))

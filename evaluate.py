@@ -4,9 +4,9 @@ and a per-task accuracy table in the paper's layout (math tasks and their averag
 their average). For MoELoRA checkpoints it also measures routing per task and layer (expert load, router
 entropy), saved as JSON and, when matplotlib is installed, drawn as heatmaps.
 
-    python eval.py --ckpt=out/demo/moelora/ckpt.pt
-    python eval.py --ckpt=out/demo/lora/ckpt.pt,out/demo/moelora/ckpt.pt --out=out/demo   # side by side
-    python eval.py --ckpt=... --max_items=50                                                 # quicker
+    python evaluate.py --ckpt=out/demo/moelora/ckpt.pt
+    python evaluate.py --ckpt=out/demo/lora/ckpt.pt,out/demo/moelora/ckpt.pt --out=out/demo   # side by side
+    python evaluate.py --ckpt=... --max_items=50                                                 # quicker
 
 Writes eval.json and eval.md (and routing.json, routing.png) to --out, by default the first checkpoint's
 directory.
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+import checkpoint
 import cli
 import moelora
-import train
 from data.llm_adapters import is_correct, load_json, prompt
 from data.tokenizer import load_tokenizer
 
@@ -219,7 +219,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     rows, report = {}, {}
     for path in cfg.ckpt:
-        model, ckpt = train.load_checkpoint(path, base=cfg.base or None)
+        model, ckpt = checkpoint.load_checkpoint(path, base=cfg.base or None)
         model.to(device)
         data_dir = cfg.data_dir or ckpt["data"]["data_dir"]
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))

@@ -13,7 +13,7 @@ Options (--key=value; anything else is refused):
     tokenizer        "bpe" (trained here, offline) or "gpt2" (tiktoken's, needs tiktoken's files; see
                      data/tokenizer.py get_encoding)
     rationales       0: commonsense outputs are LLM-Adapters' bare "the correct answer is <label>", without
-                     the short rationale before it (default 1; see data/commonsense_tasks.py)
+                     the short rationale before it (default 1; see data/synthetic/commonsense_tasks.py)
 
 Re-running with the same options leaves every file as it was: everything is regenerated in memory and a file
 is written only when its bytes differ (each line of progress says which). From Python, ensure(data_dir, seed)
@@ -65,9 +65,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data import tasks as suite
-from data.corpus import make_corpus
 from data.llm_adapters import prompt
+from data.synthetic import tasks as suite
+from data.synthetic.corpus import make_corpus
 from data.tokenizer import TOKENIZER_FILE, count_words, get_encoding, make_encoding
 from data.tokenizer import tiktoken_file_bytes, tokenizer_json_bytes, train_bpe
 

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from data import corpus  # noqa: E402
+from data.synthetic import corpus  # noqa: E402
 from data.tokenizer import load_tokenizer  # noqa: E402
 
 

@@ -23,7 +23,8 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data import commonsense_tasks, corpus, math_tasks, prepare, tasks, world  # noqa: E402
+from data import prepare  # noqa: E402
+from data.synthetic import commonsense_tasks, corpus, math_tasks, tasks, world  # noqa: E402
 
 
 def read_options_yes(options, right, target, describe=None, fact=None):

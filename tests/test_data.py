@@ -13,9 +13,10 @@ import pytest
 import tiktoken
 import tiktoken.load
 
-from data import corpus, tasks, tokenizer, world
+from data import tokenizer
 from data.llm_adapters import STAND_INS, is_correct, load_json, prompt
 from data.prepare import MIN_CORPUS_COUNT, PrepareConfig, build_tokenizer, ensure, parse_args, prepare
+from data.synthetic import corpus, tasks, world
 
 SMALL = 0.05  # scale of the small builds
 

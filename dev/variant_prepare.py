@@ -23,6 +23,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 from data import prepare  # noqa: E402
 from data.synthetic import commonsense_tasks, corpus, math_tasks, tasks, world  # noqa: E402
 
@@ -86,7 +87,7 @@ def main():
             corpus.NUMBERED_DOCS *= 2
         else:
             raise SystemExit(f"unknown variant {variant!r}")
-    prepare.prepare(prepare.parse_args(args))
+    prepare.prepare(cli.parse(prepare.PrepareConfig, args))
 
 
 if __name__ == "__main__":

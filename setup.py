@@ -37,7 +37,7 @@ setup(
     description="MoELoRA (LoRA as a mixture of experts) from scratch: GPT-2, adapters, a CUDA kernel",
     python_requires=">=3.11",
     py_modules=["model", "moelora", "kernel", "checkpoint", "cli"],
-    packages=["data"],
+    packages=["data", "data.synthetic"],
     install_requires=["torch>=2.4", "numpy", "tiktoken", "regex", "ninja"],  # regex: GPT-2's split pattern
     extras_require={
         "test": ["pytest", "safetensors"],

@@ -18,7 +18,8 @@ scripts (evaluate.py for math, commonsense_evaluate.py for commonsense):
         compared exactly with the answer. The match is a plain regex search, so a label inside a longer word
         counts, as it does there: "answer12" reads as answer1, "untrue" as true.
 
-The bundled synthetic tasks (data/tasks.py) score exactly as the data set each stands in for (STAND_INS).
+The bundled synthetic tasks (data/synthetic/tasks.py) score exactly as the data set each stands in for
+(STAND_INS).
 
 Use:
     from data.llm_adapters import load_json, prompt, is_correct

@@ -2,8 +2,10 @@
 
     python -m data.prepare                          # the default, into out/data (a few seconds on 2 cores)
     python -m data.prepare --out=DIR --seed=N --train_on_inputs=1 --scale=0.1 --vocab_size=4096 --tokenizer=gpt2
+    python -m data.prepare --help                   # the options, their types and defaults
 
-Options (--key=value; anything else is refused):
+Options (PrepareConfig's fields, parsed by cli.py as train.py's are: --key=value or a .toml preset; an unknown
+key or a value of the wrong type stops it with one line "error: ..."):
     out              the data directory (default out/data)
     seed             everything generated follows from it (default 0)
     train_on_inputs  1: the loss counts prompt tokens too, as LLM-Adapters' --train_on_inputs (default 0)
@@ -13,7 +15,7 @@ Options (--key=value; anything else is refused):
     tokenizer        "bpe" (trained here, offline) or "gpt2" (tiktoken's, needs tiktoken's files; see
                      data/tokenizer.py get_encoding)
     rationales       0: commonsense outputs are LLM-Adapters' bare "the correct answer is <label>", without
-                     the short rationale before it (default 1; see data/commonsense_tasks.py)
+                     the short rationale before it (default 1; see data/synthetic/commonsense_tasks.py)
 
 Re-running with the same options leaves every file as it was: everything is regenerated in memory and a file
 is written only when its bytes differ (each line of progress says which). From Python, ensure(data_dir, seed)
@@ -65,9 +67,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data import tasks as suite
-from data.corpus import make_corpus
+import cli
 from data.llm_adapters import prompt
+from data.synthetic import tasks as suite
+from data.synthetic.corpus import make_corpus
 from data.tokenizer import TOKENIZER_FILE, count_words, get_encoding, make_encoding
 from data.tokenizer import tiktoken_file_bytes, tokenizer_json_bytes, train_bpe
 
@@ -113,29 +116,6 @@ def json_bytes(value):
     return (json.dumps(value, indent=2) + "\n").encode("utf-8")
 
 
-def parse_args(argv):
-    """PrepareConfig from ['--key=value', ...], each value cast to its field's type; unknown keys are refused."""
-    config = PrepareConfig()
-    names = [field.name for field in dataclasses.fields(config)]
-    for arg in argv:
-        key, equals, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not equals or key not in names:
-            raise SystemExit(f"bad argument {arg!r}: expected --key=value with key one of {', '.join(names)}")
-        setattr(config, key, cast(value, type(getattr(config, key)), key))
-    return config
-
-
-def cast(value, kind, key):
-    if kind is bool:
-        if value.lower() not in ("1", "0", "true", "false"):
-            raise SystemExit(f"--{key} takes 1/0/true/false, not {value!r}")
-        return value.lower() in ("1", "true")
-    try:
-        return kind(value)
-    except ValueError:
-        raise SystemExit(f"--{key} takes a {kind.__name__}, not {value!r}") from None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The steps
 
@@ -145,7 +125,7 @@ def build_tokenizer(config, docs, tasks):
     if config.tokenizer == "gpt2":
         return get_encoding("gpt2"), {}
     if config.tokenizer != "bpe":
-        raise SystemExit(f"--tokenizer takes bpe or gpt2, not {config.tokenizer!r}")
+        raise ValueError(f"--tokenizer takes bpe or gpt2, not {config.tokenizer!r}")
     examples = [prompt(item["instruction"], item["input"]) + item["output"] for train, _ in tasks.values()
                 for item in train]
     vocab = train_bpe(count_words(docs + examples), config.vocab_size - 1)  # one id left for <|endoftext|>
@@ -226,7 +206,7 @@ def prepare(config):
 
     enc, files = build_tokenizer(config, docs, tasks)
     if enc.n_vocab > 2 ** 16:
-        raise SystemExit(f"{enc.n_vocab} tokens do not fit the uint16 token files")
+        raise ValueError(f"{enc.n_vocab} tokens do not fit the uint16 token files")
     log(f"tokenizer: {enc.name}, {enc.n_vocab:,} tokens", start)
 
     n_val_docs = max(1, round(len(docs) * PRETRAIN_VAL_FRACTION))
@@ -310,4 +290,9 @@ def all_files_present(root, files):
 
 
 if __name__ == "__main__":
-    prepare(parse_args(sys.argv[1:]))
+    # a bad option (cli.ConfigError is a ValueError, as are prepare's own) or a missing preset file: one line
+    try:
+        prepare(cli.parse(PrepareConfig, sys.argv[1:]))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

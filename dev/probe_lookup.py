@@ -11,7 +11,7 @@ import torch
 
 import checkpoint
 import cli
-from data import corpus
+from data.synthetic import corpus
 from data.tokenizer import load_tokenizer
 
 

@@ -18,7 +18,7 @@ ft() {  # name, base, overrides...
   local n=$1 b=$2; shift 2
   python3 train.py config/demo_finetune.toml $C --init_from=out/sw/$b/ckpt.pt --out_dir=out/sw/$n "$@" > "$OUT/$n.log" 2>&1
   python3 evaluate.py --ckpt=out/sw/$n/ckpt.pt --routing=false > "$OUT/$n.eval.log" 2>&1
-  python3 dev/probe_commonsense.py --ckpt=out/sw/$n/ckpt.pt --dump="$OUT/$n.outputs.jsonl" > "$OUT/$n.probe.log" 2>&1
+  python3 -m dev.probe_commonsense --ckpt=out/sw/$n/ckpt.pt --dump="$OUT/$n.outputs.jsonl" > "$OUT/$n.probe.log" 2>&1
   echo "== $n ($b $*): $(grep 'val loss' "$OUT/$n.log" | tail -1) $(grep -E '^\| [A-Za-z0-9]+ \| [0-9]' "$OUT/$n.eval.log" | tail -1)"
 }
 source "${SWEEP:-dev/sweep_plan.sh}"

@@ -1,6 +1,6 @@
 """Build the data with a rationale variant patched in, for a GPU sweep that compares variants side by side.
 
-    python dev/variant_prepare.py yes --out=out/data_yes [prepare's other options]
+    python -m dev.variant_prepare --variants=yes --out=out/data_yes [prepare's other options]
 
 Variants (the checked-in format is "lines": each option on a line, "2: bee, the bee is an insect 2", then the
 target looked up, ". an insect 2"; syn_aqua's choices the same way, "3: 12 3 ... 12 3. The answer is (C).",
@@ -18,12 +18,17 @@ which sweeps 15 and 19 tested as a variant):
     (sweeps 20-23 tried syn_boolq's "same or not" verdicts here as variants "same", "sameA" and "samedocsN";
     "sameA" with 3,000 documents and 20,000 echo documents is what data/ does now)
 """
-import os
+import dataclasses
 import re
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data import commonsense_tasks, corpus, math_tasks, prepare, tasks, world  # noqa: E402
+import cli
+from data import prepare
+from data.synthetic import commonsense_tasks, corpus, math_tasks, tasks, world
+
+
+@dataclasses.dataclass
+class VariantConfig(prepare.PrepareConfig):
+    variants: str = ""  # comma-separated, several at once: "echo8000,arith15"
 
 
 def read_options_yes(options, right, target, describe=None, fact=None):
@@ -64,9 +69,9 @@ def echo_doc_numbers_half(rng):
 ECHO_DOC = corpus.echo_doc
 
 
-def main():
-    variants, args = sys.argv[1], sys.argv[2:]
-    for variant in variants.split(","):  # several at once: "echo8000,arith15"
+def main(argv=None):
+    cfg = cli.parse(VariantConfig, argv)
+    for variant in cfg.variants.split(","):
         if variant == "yes":
             commonsense_tasks.read_options = read_options_yes
             tasks.GENERATORS["syn_aqua"] = aqua_yes(math_tasks.syn_aqua)
@@ -85,7 +90,8 @@ def main():
             corpus.NUMBERED_DOCS *= 2
         else:
             raise SystemExit(f"unknown variant {variant!r}")
-    prepare.prepare(prepare.parse_args(args))
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(prepare.PrepareConfig)}
+    prepare.prepare(prepare.PrepareConfig(**options))
 
 
 if __name__ == "__main__":

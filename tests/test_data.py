@@ -4,19 +4,26 @@ files prepare writes. CPU only, a few seconds: one full default build and two sm
     /work/venv/bin/python -m pytest tests/test_data.py -q
 """
 
+import dataclasses
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tiktoken
 import tiktoken.load
 
-from data import corpus, tasks, tokenizer, world
+import cli
+from data import tokenizer
 from data.llm_adapters import STAND_INS, is_correct, load_json, prompt
-from data.prepare import MIN_CORPUS_COUNT, PrepareConfig, build_tokenizer, ensure, parse_args, prepare
+from data.prepare import MIN_CORPUS_COUNT, PrepareConfig, build_tokenizer, ensure, prepare
+from data.synthetic import corpus, tasks, world
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = 0.05  # scale of the small builds
 
 
@@ -146,13 +153,45 @@ def test_train_on_inputs_masks_everything(tmp_path):
         assert np.fromfile(tmp_path / f"finetune_{split}_mask.bin", dtype=np.uint8).all()
 
 
-def test_parse_args():
-    config = parse_args(["--out=x", "--seed=3", "--train_on_inputs=1", "--scale=0.5", "--tokenizer=gpt2"])
+def test_options_parse_through_cli():
+    argv = ["--out=x", "--seed=3", "--train_on_inputs=1", "--scale=0.5", "--tokenizer=gpt2"]
+    config = cli.parse(PrepareConfig, argv)
     assert config == PrepareConfig(out="x", seed=3, train_on_inputs=True, scale=0.5, tokenizer="gpt2")
-    assert parse_args(["--train_on_inputs=false"]).train_on_inputs is False
-    for bad in (["--sead=3"], ["seed=3"], ["--seed"], ["--seed=three"], ["--train_on_inputs=yes"]):
-        with pytest.raises(SystemExit):
-            parse_args(bad)
+    assert cli.parse(PrepareConfig, ["--train_on_inputs=false"]).train_on_inputs is False
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--sead=3"], "unknown setting 'sead'.*valid settings: out, seed, train_on_inputs, scale, vocab_size"),
+    (["--seed=three"], "'seed' .*expects int, got 'three'"),
+    (["--vocab_size=4096.5"], "'vocab_size' .*expects int, got '4096.5'"),
+    (["--train_on_inputs=maybe"], "'train_on_inputs' .*expects bool, got 'maybe'"),
+    (["--seed"], "expected --key=value"),
+    (["seed=3"], "expected a preset file"),
+])
+def test_bad_options_are_config_errors(argv, words):
+    with pytest.raises(cli.ConfigError, match=words):
+        cli.parse(PrepareConfig, argv)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--bogus=1"], "error: unknown setting 'bogus'"),
+    # prepare's own check, after the corpus and the tasks are made (a tiny build: a second)
+    (["--tokenizer=wordpiece", "--scale=0.01"], "error: --tokenizer takes bpe or gpt2, not 'wordpiece'"),
+])
+def test_script_reports_bad_options_in_one_line(tmp_path, argv, words):
+    cmd = [sys.executable, "-m", "data.prepare", f"--out={tmp_path / 'data'}", *argv]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith(words) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_script_help_lists_the_options():
+    result = subprocess.run([sys.executable, "-m", "data.prepare", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == 0
+    for field in dataclasses.fields(PrepareConfig):
+        assert f"--{field.name}=" in result.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,18 +33,19 @@ Nine kinds of document, each a few sentences:
     everyday     people ask and answer ("Mia asked Tom a question: Where do owls live? Tom said that owls live in the
                  forest, and Mia said that was true."), school days, letters, notes under '###' headings,
                  money and trips: they use every word of the tasks' prompts and outputs, each token at least
-                 prepare.MIN_CORPUS_COUNT times (see the section's comment for why)
+                 data/prepare.py's MIN_CORPUS_COUNT times (see the section's comment for why)
 
 The corpus never uses the tasks' formats: no prompt template, no "Answer format", no "The answer is" or "the
 correct answer is", no labels like answer1, none of the tasks' questions, and none of their items
-(tests/test_data.py checks). Run `python -m data.corpus` to print a sample.
+(tests/test_data.py checks). Run `python -m data.synthetic.corpus` to print a sample.
 """
 
 import random
 
-from data import world
-from data.world import ANIMAL, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIALS, OBJECTS, PLACES
-from data.world import ADD_MAX, MATERIAL_PURPOSES, MUL_MAX, PLACE_PROPERTIES, material_phrase, with_article
+from data.synthetic import world
+from data.synthetic.world import ANIMAL, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIALS, OBJECTS, PLACES
+from data.synthetic.world import ADD_MAX, MATERIAL_PURPOSES, MUL_MAX, PLACE_PROPERTIES, material_phrase
+from data.synthetic.world import with_article
 
 # Documents per kind at scale 1; the mix decides what the base model spends its capacity on.
 FACT_DOCS = 7000
@@ -351,8 +352,8 @@ NUMBERED_HEADINGS = ["Notes", "The list", "Facts", "What we saw", "Things to rem
 # stories' (" earns", " gift", "Together"), and words at the start of a line, which are other tokens than the
 # same words after a space ("spider" is not " spider"; an output starts right after "### Response:\n"). When
 # only adapters are fine-tuned, the embedding of a token that pretraining never saw stays noise, so these
-# documents use every such word in the small world's ordinary life (prepare.py checks that each token of the
-# suite occurs at least MIN_CORPUS_COUNT times). They still never use the tasks' formats: people here ask
+# documents use every such word in the small world's ordinary life (data/prepare.py checks that each token of
+# the suite occurs at least MIN_CORPUS_COUNT times). They still never use the tasks' formats: people here ask
 # with plural subjects ("Where do owls live?"), and nobody writes "Answer format" or "the correct answer is".
 
 def animal_question(rng):

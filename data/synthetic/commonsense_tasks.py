@@ -37,10 +37,11 @@ tasks.make_task(rationales=False) strips the rationale, leaving LLM-Adapters' ba
 contains a label word, so scoring (the first label match) reads the final one.
 """
 
-from data import world
-from data.world import ANIMAL, FOODS, KIND_PLURALS, KIND_TRAITS, MATERIAL_PROPERTIES, MATERIAL_PURPOSES
-from data.world import LEG_COUNTS, MATERIALS, OBJECTS, PEOPLE, PLACE_PROPERTIES, PLACES, with_article
-from data.world import fact_flight, fact_food, fact_home, fact_kind, fact_legs, fact_made_of, fact_use
+from data.synthetic import world
+from data.synthetic.world import ANIMAL, FOODS, KIND_PLURALS, KIND_TRAITS, LEG_COUNTS, MATERIAL_PROPERTIES
+from data.synthetic.world import MATERIAL_PURPOSES, MATERIALS, OBJECTS, PEOPLE, PLACE_PROPERTIES, PLACES
+from data.synthetic.world import fact_flight, fact_food, fact_home, fact_kind, fact_legs, fact_made_of, fact_use
+from data.synthetic.world import with_article
 
 ANSWER = "the correct answer is {label}"
 

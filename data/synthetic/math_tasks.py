@@ -18,8 +18,8 @@ Every step of every output is one fact of world.py's arithmetic table written "a
 read the corpus has seen each of them; step() checks.
 """
 
-from data import world
-from data.world import ADD_MAX, ANIMAL, CONTAINERS, MUL_MAX, PEOPLE, THINGS
+from data.synthetic import world
+from data.synthetic.world import ADD_MAX, ANIMAL, CONTAINERS, MUL_MAX, PEOPLE, THINGS
 
 
 def step(a, op, b):

@@ -1,19 +1,19 @@
 """The bundled suite: eleven synthetic tasks, their sizes, and how their train and test splits are drawn.
 
 The names say what they are: `syn_gsm8k` is a small generated stand-in for GSM8K, never the real data set.
-Each task scores as the LLM-Adapters data set it mirrors (llm_adapters.STAND_INS). Generators live in
-math_tasks.py and commonsense_tasks.py; this file only orders them and draws the items.
+Each task scores as the LLM-Adapters data set it mirrors (data/llm_adapters.py's STAND_INS). Generators live
+in math_tasks.py and commonsense_tasks.py; this file only orders them and draws the items.
 
-Sizes (per task, at scale 1) are the constants below; prepare.py's --scale multiplies them. They are sized for
-the CPU demo: enough training items for adapters to learn each format in a few minutes, test sets small and
-outputs short so that greedy decoding of all eleven takes a couple of minutes.
+Sizes (per task, at scale 1) are the constants below; data/prepare.py's --scale multiplies them. They are sized
+for the CPU demo: enough training items for adapters to learn each format in a few minutes, test sets small
+and outputs short so that greedy decoding of all eleven takes a couple of minutes.
 
-Run `python -m data.tasks` to print one item of each task.
+Run `python -m data.synthetic.tasks` to print one item of each task.
 """
 
 import random
 
-from data import commonsense_tasks, math_tasks
+from data.synthetic import commonsense_tasks, math_tasks
 from data.llm_adapters import STAND_INS
 
 MATH_TASKS = list(math_tasks.GENERATORS)

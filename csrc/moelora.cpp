@@ -1,9 +1,9 @@
 /*
  * Bindings and input checks for the MoELoRA CUDA kernel (the kernels are in moelora.cu).
  *
- * Registers two operators, torch.ops.moelora.fwd and torch.ops.moelora.bwd (moelora.py gives them a
- * fake implementation for torch.compile and wires them into autograd), and exposes the same two
- * functions on the Python module for direct calls.
+ * Defines four operators, torch.ops.moelora.fwd / .bwd (the op) and .linear_fwd / .linear_bwd (the op with
+ * the frozen layer fused in); kernel.py gives them fake implementations for torch.compile and wires each
+ * forward to its backward in autograd. The same four functions are on the Python module for direct calls.
  *
  *   fwd(x, A, B, gates, scaling) -> (y, h, hg)
  *       x (N, d_in), A (E, r, d_in), B (E, d_out, r), gates (N, E): one dtype (float32, bfloat16 or
@@ -17,7 +17,7 @@
  *       adding its output into cuBLAS's (and, backward, its dx into dy @ weight) instead of leaving
  *       two tensors for a separate add. No gradient for weight and bias (frozen).
  *
- * Build: moelora.load_kernel() JIT-builds this file and moelora.cu with ninja, or setup.py builds them
+ * Build: kernel.load_kernel() JIT-builds this file and moelora.cu with ninja, or setup.py builds them
  * ahead of time. Test: python -m pytest tests/test_kernel.py (on a machine with a GPU).
  */
 

@@ -23,7 +23,7 @@
  * to RP, a multiple of 64 (the padding is zero and never written out), and processed 64 columns at a
  * time, so one kernel serves every R <= 512. Needs sm_80 or newer (cp.async, ldmatrix, bf16 mma).
  *
- * Build and test: it is JIT-built by moelora.load_kernel() (or by `pip install -e .` where nvcc is
+ * Build and test: it is JIT-built by kernel.load_kernel() (or by `pip install -e .` where nvcc is
  * found); `python -m pytest tests/test_kernel.py` checks it against the float64 reference, and
  * `python bench.py` times it. csrc/moelora.cpp holds the bindings and the input checks.
  */

@@ -1,7 +1,7 @@
 """Tests of the data package: the LLM-Adapters format and scoring, the tokenizer, the generated suite and the
 files prepare writes. CPU only, a few seconds: one full default build and two small ones, each made once.
 
-    /work/venv/bin/python -m pytest tests/test_data.py -q
+    python -m pytest tests/test_data.py -q
 """
 
 import dataclasses

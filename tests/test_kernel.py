@@ -4,7 +4,7 @@ machines without CUDA, the dispatch: impl="cuda" fails clearly and impl="auto" u
 
     python -m pytest -q tests/test_kernel.py       # GPU tests build the kernel first (about a minute)
 
-Accuracy rules (STYLE.md): float32 against float64 with assert_close's float32 tolerances; bfloat16 and
+Accuracy rules (flash-attention's habit): float32 against float64 with assert_close's float32 tolerances; bfloat16 and
 float16 by flash-attention's rule, error(kernel) <= 2 * error(PyTorch in the same dtype) + one unit in
 the last place of the largest reference value, errors measured against float64.
 """
@@ -208,6 +208,25 @@ def test_no_tokens():
     assert y.shape == (0, 24)
     y.sum().backward()
     assert A.grad.abs().sum() == 0 and B.grad.abs().sum() == 0
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_operators_pass_opcheck(dtype):
+    # torch.library's own checks of each operator: its schema (no input mutated, no alias returned), its
+    # fake implementation against the real one, and its autograd registration (fwd and linear_fwd)
+    kernel.load_kernel()
+    x, A, B, gates = [t.requires_grad_() for t in _op_inputs(dtype)]
+    W, b = torch.randn(24, 32, device="cuda", dtype=dtype), torch.randn(24, device="cuda", dtype=dtype)
+    torch.library.opcheck(torch.ops.moelora.fwd.default, (x, A, B, gates, 0.5))
+    torch.library.opcheck(torch.ops.moelora.linear_fwd.default, (x, W, b, A, B, gates, 0.5))
+    with torch.no_grad():
+        y, h, hg = torch.ops.moelora.fwd(x, A, B, gates, 0.5)
+        dy = torch.randn_like(y)
+        plain = [t.detach() for t in (x, A, B, gates)]
+    for need_dx in (True, False):
+        torch.library.opcheck(torch.ops.moelora.bwd.default, (dy, *plain, h, hg, 0.5, need_dx))
+        torch.library.opcheck(torch.ops.moelora.linear_bwd.default, (dy, plain[0], W, *plain[1:], h, hg, 0.5, need_dx))
 
 
 @cuda

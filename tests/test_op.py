@@ -55,7 +55,7 @@ def test_ref_gradcheck():
 
 
 def test_gate_gradient_formula():
-    # DESIGN.md: dgates[n, e] = scaling * (B[e]^T dy[n]) . (A[e] x[n])
+    # the gate gradient, as moelora_ref's maths gives it: dgates[n, e] = scaling * (B[e]^T dy[n]) . (A[e] x[n])
     x, A, B, gates = random_op_inputs(9, 6, 5, 4, 3, "soft", seed=2)
     gates.requires_grad_()
     dy = torch.randn(9, 5, dtype=torch.float64)

@@ -1,46 +1,64 @@
 """
-Benchmarks: what MoELoRA costs against LoRA, one adapted layer at a time and in GPT-2 training.
+Benchmarks: what MoELoRA costs against LoRA, one adapted layer at a time, in GPT-2 training, and in train.py.
 
-    python bench.py                      # full run on a CUDA GPU (about 3 minutes on an H100)
-    python bench.py --quick              # smoke run: small shapes, few repeats, a 2-layer model
-    python bench.py --json=out/bench.json
-    python bench.py --compiled-only      # the end-to-end section under torch.compile (slow to compile)
+    python bench.py                                  # every section on a CUDA GPU (about 6 minutes on an H200)
+    python bench.py --quick=1                        # smoke run: small shapes, few repeats, a 2-layer model
+    python bench.py --sections=layer,whole --json=out/bench.json
+    python bench.py --sections=compiled              # the end-to-end section under torch.compile (slow to compile)
 
-Layer section (bf16, E=8 experts of rank r=8, top-2 routing, d_in = d_out = d): one frozen nn.Linear
-plus its adapter, forward, backward and both, for
-  loop     a Python loop over experts (select each expert's tokens, compute, index_add), as MoE-LoRA
-           trainers write it
-  ref      the dense-masked PyTorch reference (moelora.moelora_ref)
-  lora64   plain LoRA of rank 64 (the same parameter count) in eager PyTorch, as LoRALinear computes it
-  kernel   our CUDA kernel (moelora.moelora(..., impl="cuda"))
-  klora64  our kernel as plain LoRA (E=1, r=64)
-  fused    our kernel with the frozen layer in one op (kernel.moelora_linear_cuda): the kernel adds its
-           output into the frozen layer's, and its dx into the frozen layer's dx
-  base     the frozen layer alone
-"path" is a variant's forward+backward minus the frozen layer's, in the same run. Its floor is 14*N*d
-bytes (bf16) moved at the copy bandwidth measured in this run (never a datasheet number): the adapter
-reads x and the frozen layer's output and writes y (3 passes), and in the backward reads dy and x and
-the frozen layer's dx and writes dx (4 passes); 7 passes of N*d bf16 values.
-Times are medians of CUDA-event-timed runs after warm-up, rotating between input sets that together
-exceed the L2 cache.
-
-End-to-end section: a GPT-2-124M-shaped model (random init) with adapters on attn.c_attn, attn.c_proj,
-mlp.c_fc and mlp.c_proj, bf16 autocast, AdamW on the adapters, every step synchronised: training
-tokens/s for LoRA r=16, MoELoRA with the kernel (8 experts of rank 2, top-2: equal parameters), and
-MoELoRA on the reference path.
+Sections (--sections, comma-separated; default layer,whole,e2e,compiled,train):
+  layer     the op: one frozen nn.Linear plus its adapter (bf16, E=8 experts of rank r=8, top-2 routing,
+            d_in = d_out = d), forward, backward and both, for
+              loop     a Python loop over experts (select each expert's tokens, compute, index_add), as MoE-LoRA
+                       trainers write it
+              ref      the dense-masked PyTorch reference (moelora.moelora_ref)
+              lora64   plain LoRA of rank 64 (the same parameter count) in eager PyTorch
+              kernel   our CUDA kernel (moelora.moelora(..., impl="cuda"))
+              klora64  our kernel as plain LoRA (E=1, r=64)
+              fused    our kernel with the frozen layer in one op (kernel.moelora_linear_cuda): the kernel adds its
+                       output into the frozen layer's, and its dx into the frozen layer's dx
+              base     the frozen layer alone
+            "path" is a variant's forward+backward minus the frozen layer's, in the same run. Its floor is 14*N*d
+            bytes (bf16) moved at the copy bandwidth measured in this run (never a datasheet number): the adapter
+            reads x and the frozen layer's output and writes y (3 passes), and in the backward reads dy and x and
+            the frozen layer's dx and writes dx (4 passes); 7 passes of N*d bf16 values.
+  whole     the whole adapted layer as training runs it: moelora.LoRALinear r64 against moelora.MoELoRALinear
+            (8 x r8, top-2, router, dropout 0.05, balance and contrastive losses with their coefficients), the
+            auxiliary losses collected and added to the loss as train.py does; path = layer minus frozen layer.
+  e2e       a GPT-2-124M-shaped model (random init) with adapters on attn.c_attn, attn.c_proj, mlp.c_fc and
+            mlp.c_proj, bf16 autocast, AdamW on the adapters, every step synchronised: training tokens/s for LoRA
+            r=16, MoELoRA with the kernel (8 experts of rank 2, top-2: equal parameters), MoELoRA on the reference
+            path, and without the contrastive loss; batch 8 and 32 x 1024.
+  compiled  the same under torch.compile, batch 8 and 32.
+  train     train.py itself fine-tuning on the bundled tasks (tokens/s from its log, the first interval dropped):
+            the demo's size (4 x 128, LoRA r8 against MoELoRA 4 x r2 top-2) and GPT-2-small's shape (12 x 768,
+            batch 64, LoRA r16 against MoELoRA 8 x r2 top-2, contrastive "expert", "comoe" and "none"), random
+            base weights (speed does not depend on them).
+Times are medians of CUDA-event-timed runs after warm-up, rotating between input sets that together exceed the
+L2 cache; ratios are against baselines measured in the same run.
 """
 
+import dataclasses
 import json
+import os
 import statistics
-import sys
+import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+import cli
 import kernel
 import moelora
 from model import GPT, GPTConfig
+
+
+@dataclass
+class BenchConfig:
+    sections: tuple = ("layer", "whole", "e2e", "compiled", "train")
+    quick: bool = False  # small shapes, few repeats
+    json: str = ""  # also write every figure to this file
 
 E, R_EXPERT, TOP_K, R_LORA = 8, 8, 2, 64  # the layer section's adapters: 8 x rank 8 against rank 64
 SCALING = 2.0
@@ -193,6 +211,65 @@ def layer_targets(results):
 
 
 # ----------------------------------------------------------------------------------------------------
+# the whole-layer section: LoRALinear against MoELoRALinear, router and auxiliary losses included
+
+def bench_whole(d, N, quick):
+    """Forward + backward (ms) of the frozen layer alone, LoRALinear r64 and MoELoRALinear 8 x r8 top-2 in
+    training mode, each with its auxiliary losses added to the loss as train.py adds them."""
+    torch.manual_seed(d + N)
+    base = torch.nn.Linear(d, d, device="cuda").requires_grad_(False)
+    lora_cfg = moelora.AdapterConfig(kind="lora", r=R_LORA, alpha=SCALING * R_LORA)
+    layers = {"base": (base, None),
+              "LoRALinear r64": (moelora.LoRALinear(base, R_LORA, SCALING * R_LORA, lora_cfg.dropout), lora_cfg)}
+    for variant in ("expert", "none"):
+        cfg = moelora.AdapterConfig(kind="moelora", r=R_EXPERT, alpha=SCALING * R_EXPERT, n_experts=E, top_k=TOP_K,
+                                    contrastive=variant, impl="cuda")
+        layer = moelora.MoELoRALinear(base, E, TOP_K, R_EXPERT, cfg.alpha, cfg.dropout, contrastive=variant,
+                                      impl="cuda").cuda()
+        layers[f"MoELoRALinear, contrastive {variant}"] = (layer, cfg)
+    n_sets = max(2, min(4, -(-200 * 2**20 // (4 * N * d))))
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    sets = [(torch.randn(N, d, device="cuda", generator=gen).requires_grad_(),
+             torch.randn(N, d, device="cuda", generator=gen)) for _ in range(n_sets)]
+    warmup, reps = (2, 5) if quick else (3, 20)
+    rows = {}
+    for name, (layer, cfg) in layers.items():
+        layer.train()
+        params = [p for p in layer.parameters() if p.requires_grad]
+
+        def step(i):
+            x, dy = sets[i]
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = (layer(x) * dy).sum()
+                if cfg is not None:
+                    loss = loss + moelora.auxiliary_loss(moelora.collect_aux(layer), cfg)
+            torch.autograd.grad(loss, [x] + params)
+
+        rows[name] = {"both_us": time_us(step, n_sets, warmup, reps)}
+    for row in rows.values():
+        row["path_us"] = row["both_us"] - rows["base"]["both_us"]
+    return {"d": d, "N": N, "rows": rows}
+
+
+def print_whole(res):
+    print(f"\nd={res['d']}  N={res['N']}  (bf16 autocast, training mode, auxiliary losses in the loss)")
+    lora = res["rows"]["LoRALinear r64"]["path_us"]
+    for name, r in res["rows"].items():
+        ratio = f"{r['path_us'] / lora:6.2f}x LoRA" if name != "base" else ""
+        print(f"  {name:34s} fwd+bwd {r['both_us']:8.1f} us   path {r['path_us']:8.1f} us  {ratio}")
+
+
+def whole_targets(results):
+    out = []
+    for res in results:
+        p = {k: v["path_us"] for k, v in res["rows"].items()}
+        ratio = p["MoELoRALinear, contrastive expert"] / p["LoRALinear r64"]
+        out.append((f"d={res['d']} N={res['N']}: whole MoELoRALinear path / LoRALinear r64 path <= 1.1", ratio,
+                    ratio <= 1.1))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
 # the end-to-end section
 
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -251,83 +328,143 @@ def bench_e2e(name, cfg, batch, quick, compile=False):
 
 # ----------------------------------------------------------------------------------------------------
 
-def bench_e2e_compiled(quick):
-    """LoRA and MoELoRA (kernel) with torch.compile, batch 8x1024: does fusing the small ops close the gap?"""
-    print("\n== end to end, torch.compile (default mode), batch 8 ==")
+def print_e2e(r):
+    compiled = ", compiled" if r["compiled"] else ""
+    print(f"  batch {r['batch']:2d}x{r['seq']}  {r['config'] + compiled:42s} {r['step_ms']:8.1f} ms/step "
+          f"{r['tokens_per_s']:10.0f} tok/s" + (f"   (first step, compiling: {r['first_step_s']:.0f} s)" if compiled else
+                                               f"   (adapter params {r['adapter_params']:,}, router {r['router_params']:,})"))
+
+
+def e2e_targets(rows, names):
+    """MoELoRA with the kernel >= 0.90x LoRA r16's tokens/s, per batch (and the other configs' ratios)."""
+    out = []
+    for batch in sorted({r["batch"] for r in rows}):
+        tps = {r["config"]: r["tokens_per_s"] for r in rows if r["batch"] == batch}
+        ratio = tps["MoELoRA kernel"] / tps["LoRA r16"]
+        compiled = ", compiled" if rows[0]["compiled"] else ""
+        others = ", ".join(f"{n}: {tps[n] / tps['LoRA r16']:.2f}" for n in names if n in tps and n not in
+                           ("LoRA r16", "MoELoRA kernel"))
+        out.append((f"batch {batch}{compiled}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90" +
+                    (f" ({others})" if others else ""), ratio, ratio >= 0.90))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the train.py section: the training script itself, at the demo's size and at GPT-2-small's shape
+
+TRAIN_RUNS = {  # name: (model, adapter overrides)
+    "demo, LoRA r8": ("demo", ["--adapter.kind=lora", "--adapter.r=8", "--adapter.alpha=16"]),
+    "demo, MoELoRA 4 x r2": ("demo", []),
+    "demo, MoELoRA, contrastive none": ("demo", ["--adapter.contrastive=none"]),
+    "gpt2, LoRA r16": ("gpt2", ["--adapter.kind=lora", "--adapter.r=16", "--adapter.alpha=32"]),
+    "gpt2, MoELoRA 8 x r2": ("gpt2", ["--adapter.n_experts=8"]),
+    "gpt2, MoELoRA, contrastive comoe": ("gpt2", ["--adapter.n_experts=8", "--adapter.contrastive=comoe"]),
+    "gpt2, MoELoRA, contrastive none": ("gpt2", ["--adapter.n_experts=8", "--adapter.contrastive=none"]),
+}
+TRAIN_MODELS = {"demo": ["--n_layer=4", "--n_head=4", "--n_embd=128", "--batch_size=16"],
+                "gpt2": ["--n_layer=12", "--n_head=12", "--n_embd=768", "--batch_size=64"]}
+
+
+def bench_train(quick, work, device="cuda"):
+    """tokens/s of train.py fine-tuning each TRAIN_RUNS entry on the bundled tasks (bf16)."""
+    import train  # a script, imported only here
+    from data.prepare import ensure
+    data_dir = os.path.join(work, "data")
+    ensure(data_dir, seed=0, scale=0.1 if quick else 1.0)
+    common = [f"--data_dir={data_dir}", f"--device={device}", "--dtype=bfloat16", "--block_size=192", "--eval_iters=1"]
+    for size, model_args in TRAIN_MODELS.items():  # random bases: one pretraining step saves the shape
+        train.main(["--mode=pretrain", f"--out_dir={work}/base_{size}", "--max_iters=1", "--warmup_iters=1",
+                    *common, *model_args])
+    iters, log_every = (20, 5) if quick else (60, 10)
     rows = []
-    configs = e2e_configs()
-    for name in ("LoRA r16", "MoELoRA kernel"):
-        rows.append(bench_e2e(name, configs[name], 2 if quick else 8, quick, compile=True))
-        r = rows[-1]
-        print(f"  batch {r['batch']:2d}x{r['seq']}  {name + ', compiled':32s} {r['step_ms']:8.1f} ms/step "
-              f"{r['tokens_per_s']:10.0f} tok/s   (first step, compiling: {r['first_step_s']:.0f} s)")
-    ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
-    print(f"  {'met   ' if ratio >= 0.9 else 'MISSED'}  compiled, batch {rows[0]['batch']}: MoELoRA kernel / LoRA r16 "
-          f"tokens/s = {ratio:.2f} (target >= 0.90)")
-    return rows, (f"compiled, batch {rows[0]['batch']}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90", ratio, ratio >= 0.9)
+    for name, (size, overrides) in TRAIN_RUNS.items():
+        out = f"{work}/{name.replace(', ', '_').replace(' ', '_')}"
+        train.main(["--mode=finetune", f"--init_from={work}/base_{size}/ckpt.pt", f"--out_dir={out}",
+                    f"--max_iters={iters}", f"--log_interval={log_every}", f"--eval_interval={iters}",
+                    "--adapter.targets=attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj", "--adapter.r=2",
+                    "--adapter.alpha=4", "--adapter.n_experts=4", f"--adapter.impl={'cuda' if device == 'cuda' else 'ref'}", *common,
+                    *TRAIN_MODELS[size], *overrides])
+        with open(f"{out}/log.jsonl") as f:
+            speeds = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r][1:]  # warm-up dropped
+        rows.append({"run": name, "model": size, "tokens_per_s": statistics.median(speeds),
+                     "spread": [min(speeds), max(speeds)]})
+    return rows
 
 
-def main(argv):
-    quick, json_path, compiled_only = False, None, False
-    for arg in argv:
-        if arg == "--quick":
-            quick = True
-        elif arg.startswith("--json="):
-            json_path = arg.split("=", 1)[1]
-        elif arg == "--compiled-only":
-            compiled_only = True
-        else:
-            raise SystemExit(f"bench.py: unknown argument {arg!r} (expected --quick, --json=PATH, --compiled-only)")
+def train_targets(rows):
+    tps = {r["run"]: r["tokens_per_s"] for r in rows}
+    pairs = [("demo, MoELoRA 4 x r2", "demo, LoRA r8", 0.80), ("gpt2, MoELoRA 8 x r2", "gpt2, LoRA r16", 0.90),
+             ("gpt2, MoELoRA, contrastive comoe", "gpt2, LoRA r16", 0.85)]
+    return [(f"train.py tokens/s {a} / {b} >= {need:.2f}", tps[a] / tps[b], tps[a] / tps[b] >= need)
+            for a, b, need in pairs]
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    cfg = cli.parse(BenchConfig, argv)
+    unknown = set(cfg.sections) - {"layer", "whole", "e2e", "compiled", "train"}
+    if unknown:
+        raise cli.ConfigError(f"unknown sections {sorted(unknown)}; known: layer, whole, e2e, compiled, train")
     if not torch.cuda.is_available():
         raise SystemExit("bench.py needs a CUDA GPU")
+    quick = cfg.quick
     kernel.load_kernel()  # build first, so that no timing includes it
     bw = copy_bandwidth_gbs(5 if quick else 20)
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": bw, "quick": quick}
     print(f"{info['device']}, torch {info['torch']}; measured copy bandwidth {bw:.0f} GB/s (read + write)")
-    if compiled_only:  # the end-to-end section under torch.compile, alone
-        e2e, target = bench_e2e_compiled(quick)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump({"info": info, "e2e": e2e, "targets": [dict(zip(("target", "value", "met"), target))]},
-                          f, indent=1)
-            print(f"\nwrote {json_path}")
-        return
+    results, targets = {"info": info}, []
 
-    print("\n== one adapted layer ==")
     shapes = [(768, 4096), (768, 8192), (4096, 4096), (4096, 8192)] if quick else \
              [(768, 16384), (768, 65536), (4096, 16384), (4096, 65536)]
-    layers = []
-    for d, N in shapes:
-        layers.append(bench_layer(d, N, quick, bw))
-        print_layer(layers[-1])
-    targets = layer_targets(layers)
-    print("\ntargets (layer):")
+    if "layer" in cfg.sections:
+        print("\n== one adapted layer: the op ==")
+        results["layer"] = [bench_layer(d, N, quick, bw) for d, N in shapes]
+        for res in results["layer"]:
+            print_layer(res)
+        targets += layer_targets(results["layer"])
+    if "whole" in cfg.sections:
+        print("\n== one adapted layer, whole: LoRALinear r64 against MoELoRALinear 8 x r8 ==")
+        results["whole"] = [bench_whole(d, N, quick) for d, N in shapes]
+        for res in results["whole"]:
+            print_whole(res)
+        targets += whole_targets(results["whole"])
+    batches = [2, 4] if quick else [8, 32]
+    for section, compile in (("e2e", False), ("compiled", True)):
+        if section not in cfg.sections:
+            continue
+        print(f"\n== end to end{', torch.compile' if compile else ''}: GPT-2 124M shape, adapters on c_attn, c_proj, "
+              f"c_fc, mlp.c_proj, bf16 autocast ==")
+        configs = e2e_configs()
+        names = list(configs) if not compile else ["LoRA r16", "MoELoRA kernel"]
+        rows = []
+        for batch in batches:
+            for name in names:
+                rows.append(bench_e2e(name, configs[name], batch, quick, compile=compile))
+                print_e2e(rows[-1])
+        results[section] = rows
+        targets += e2e_targets(rows, names)
+    if "train" in cfg.sections:
+        print("\n== train.py fine-tuning on the bundled tasks ==")
+        with tempfile.TemporaryDirectory() as work:
+            results["train"] = bench_train(quick, work)
+        for r in results["train"]:
+            print(f"  {r['run']:36s} {r['tokens_per_s']:10.0f} tok/s  (intervals {r['spread'][0]:,.0f}-"
+                  f"{r['spread'][1]:,.0f})")
+        targets += train_targets(results["train"])
+
+    print("\ntargets:")
     for text, value, met in targets:
         print(f"  {'met   ' if met else 'MISSED'}  {text}: {value:.2f}")
-
-    print("\n== end to end: GPT-2 124M shape, adapters on c_attn, c_proj, c_fc, mlp.c_proj, bf16 autocast ==")
-    e2e = []
-    for batch in ([2, 4] if quick else [8, 32]):
-        for name, cfg in e2e_configs().items():
-            e2e.append(bench_e2e(name, cfg, batch, quick))
-            r = e2e[-1]
-            print(f"  batch {batch:2d}x{r['seq']}  {name:32s} {r['step_ms']:8.1f} ms/step {r['tokens_per_s']:10.0f} tok/s"
-                  f"   (adapter params {r['adapter_params']:,}, router {r['router_params']:,})")
-    print("\ntargets (end to end): MoELoRA with the kernel >= 0.90x LoRA r16's tokens/s")
-    for batch in sorted({r["batch"] for r in e2e}):
-        tps = {r["config"]: r["tokens_per_s"] for r in e2e if r["batch"] == batch}
-        ratio = tps["MoELoRA kernel"] / tps["LoRA r16"]
-        targets.append((f"batch {batch}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90", ratio, ratio >= 0.90))
-        print(f"  {'met   ' if ratio >= 0.9 else 'MISSED'}  batch {batch}: {ratio:.2f}  "
-              f"(reference path: {tps['MoELoRA reference'] / tps['LoRA r16']:.2f}, kernel without the contrastive "
-              f"loss: {tps['MoELoRA kernel, no contrastive'] / tps['LoRA r16']:.2f})")
-
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"info": info, "layer": layers, "e2e": e2e,
-                       "targets": [{"target": t, "value": v, "met": m} for t, v, m in targets]}, f, indent=1)
-        print(f"\nwrote {json_path}")
+    results["targets"] = [{"target": t, "value": v, "met": m} for t, v, m in targets]
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nwrote {cfg.json}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main()
+    except cli.ConfigError as e:
+        raise SystemExit(f"error: {e}")

@@ -268,9 +268,11 @@ __device__ __forceinline__ void pipelined(int n, Load&& load, Step&& step) {
 }
 
 // ----------------------------------------------------------------------------------------------------
-// Forward: one block per BM tokens, one warp per 16 of them.
-//   phase 1: h = x A_cat^T, 64 rank columns per pass over d_in; save h (fp32) and hg = s*g*h
-//   phase 2: y = hg B_cat^T, 64 output columns at a time
+// Forward: n_splits blocks per BM tokens, one warp per 16 of them.
+//   phase 1: h = x A_cat^T, 64 rank columns per pass over d_in; split 0 saves h (fp32) and hg = s*g*h
+//   phase 2: y = hg B_cat^T, 64 output columns at a time: split s takes its share of the output columns
+// A token tile's splits are neighbours in the grid, so the phase-1 reads they repeat come from L2; splits
+// keep the multiprocessors busy where the token tiles alone are fewer than the SMs (pick_splits).
 
 template <typename T, int BM>
 struct FwdSmem {
@@ -283,7 +285,7 @@ template <typename T, int BM>
 __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
     const T* __restrict__ x, const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ gates,
     T* __restrict__ y, float* __restrict__ h, T* __restrict__ hg,
-    int N, int d_in, int d_out, int E, int r, float scaling, bool b_vec, bool accumulate) {
+    int N, int d_in, int d_out, int E, int r, float scaling, bool b_vec, bool accumulate, int n_splits) {
   constexpr int THREADS = 2 * BM, KC = Geo<T>::KC, PAD = Geo<T>::PAD;
   using S = FwdSmem<T, BM>;
   const int R = E * r, RP = round_up(R, kTile);
@@ -291,7 +293,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
   T* stage = reinterpret_cast<T*>(smem_raw);
   T* hg_s = stage + kStages * S::STAGE;  // BM x (RP + PAD)
   T* out_s = hg_s + BM * (RP + PAD);     // BM x (64 + PAD), staging for y
-  const int n0 = blockIdx.x * BM;
+  const int n0 = (blockIdx.x / n_splits) * BM, split = blockIdx.x % n_splits;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3;
   const int wrow = warp * 16;  // this warp's first token row in the block
   float acc[8][4];
@@ -318,7 +320,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
           const float v0 = acc[nt][2 * half], v1 = acc[nt][2 * half + 1];
           float g0 = 0.f, g1 = 0.f;
           if (n < N) {
-            *reinterpret_cast<float2*>(h + (int64_t)n * RP + col) = make_float2(v0, v1);
+            if (split == 0) *reinterpret_cast<float2*>(h + (int64_t)n * RP + col) = make_float2(v0, v1);
             if (col < R) g0 = to_f(gates[(int64_t)n * E + col / r]);
             if (col + 1 < R) g1 = to_f(gates[(int64_t)n * E + (col + 1) / r]);
           }
@@ -327,16 +329,18 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
         }
       zero(acc);
       __syncwarp();
-      copy_warp_rows<T>(hg_s + wrow * (RP + PAD), RP + PAD, hg + (int64_t)n0 * RP, RP, N - n0, wrow, c0);
+      if (split == 0)
+        copy_warp_rows<T>(hg_s + wrow * (RP + PAD), RP + PAD, hg + (int64_t)n0 * RP, RP, N - n0, wrow, c0);
     }
   });
   __syncthreads();  // the stage buffers are reused below
 
-  // ---- phase 2: iteration it covers output chunk oc = it / nj and rank chunk jc = it % nj
-  const int nj = RP / KC, n2 = cdiv(d_out, kTile) * nj;
+  // ---- phase 2: iteration it covers output chunk oc = oc0 + it / nj and rank chunk jc = it % nj
+  const int per_split = cdiv(cdiv(d_out, kTile), n_splits), oc0 = split * per_split;
+  const int nj = RP / KC, n2 = max(0, min(per_split, cdiv(d_out, kTile) - oc0)) * nj;
   auto load2 = [&](int it) {
-    load_b_tile<T, kTile, KC, THREADS>(stage + (it % kStages) * S::STAGE, B, d_out, r, R, (it / nj) * kTile,
-                                       (it % nj) * KC, b_vec);
+    load_b_tile<T, kTile, KC, THREADS>(stage + (it % kStages) * S::STAGE, B, d_out, r, R,
+                                       (oc0 + it / nj) * kTile, (it % nj) * KC, b_vec);
   };
   pipelined(n2, load2, [&](int it) {
     const int jc = it % nj;
@@ -344,18 +348,18 @@ __global__ void __launch_bounds__(2 * BM) moelora_fwd_kernel(
                             KC + PAD, KC);
     if (jc == nj - 1) {
       store_warp_tile<T>(acc, out_s + wrow * (kTile + PAD), y + (int64_t)n0 * d_out, d_out, N - n0, d_out, wrow,
-                         (it / nj) * kTile, accumulate);
+                         (oc0 + it / nj) * kTile, accumulate);
       zero(acc);
     }
   });
 }
 
 // ----------------------------------------------------------------------------------------------------
-// Backward, token side: one block per BM tokens, one warp per 16 of them.
+// Backward, token side: n_splits blocks per BM tokens (as in the forward), one warp per 16 of them.
 //   phase 1: dhg = dy B_cat (64 rank columns per pass over d_out); per pass, from the registers:
 //            dgates[n, e] = s * sum_{i<r} dhg[n, e*r+i] * h[n, e*r+i]   (a running sum per token row)
-//            dh = s * gates * dhg, kept in shared memory for phase 2 and written out for dA
-//   phase 2: dx = dh A_cat, 64 columns of d_in at a time
+//            dh = s * gates * dhg, kept in shared memory for phase 2 and written out for dA (split 0)
+//   phase 2: dx = dh A_cat, 64 columns of d_in at a time: split s takes its share of the columns
 // Block 0 also zeroes the split counters that moelora_bwd_w_kernel uses next on the stream.
 
 template <typename T, int BM>
@@ -373,7 +377,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
     const T* __restrict__ dy, const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ gates,
     const float* __restrict__ h, T* __restrict__ dx, T* __restrict__ dh, T* __restrict__ dgates,
     int* __restrict__ counters, int n_counters, int N, int d_in, int d_out, int E, int r, float scaling, bool b_vec,
-    bool need_dx, bool accumulate) {
+    bool need_dx, bool accumulate, int n_splits) {
   constexpr int THREADS = 2 * BM, KC = Geo<T>::KC, PAD = Geo<T>::PAD;
   using S = BwdDxSmem<T, BM>;
   const int R = E * r, RP = round_up(R, kTile);
@@ -383,7 +387,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
   unsigned char* tmp_raw = reinterpret_cast<unsigned char*>(dh_s + BM * (RP + PAD));
   float* prod_s = reinterpret_cast<float*>(tmp_raw);                    // BM x 65: dhg * h of one pass
   T* out_s = reinterpret_cast<T*>(tmp_raw);                             // BM x (64 + PAD): dx staging
-  const int n0 = blockIdx.x * BM;
+  const int n0 = (blockIdx.x / n_splits) * BM, split = blockIdx.x % n_splits;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3;
   const int wrow = warp * 16;
   if (blockIdx.x == 0)
@@ -426,7 +430,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
         }
       zero(acc);
       __syncwarp();
-      if (lane < 16) {
+      if (split == 0 && lane < 16) {
         const int row = wrow + lane, n = n0 + row, c_end = min(c0 + kTile, R);
         for (int c = c0; c < c_end; ++c) {
           gsum += prod_s[row * (kTile + 1) + c - c0];
@@ -438,18 +442,20 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
           }
         }
       }
-      copy_warp_rows<T>(dh_s + wrow * (RP + PAD), RP + PAD, dh + (int64_t)n0 * RP, RP, N - n0, wrow, c0);
+      if (split == 0)
+        copy_warp_rows<T>(dh_s + wrow * (RP + PAD), RP + PAD, dh + (int64_t)n0 * RP, RP, N - n0, wrow, c0);
       __syncwarp();
     }
   });
   __syncthreads();
   if (!need_dx) return;
 
-  // ---- phase 2: iteration it covers d_in chunk dc = it / nj and rank chunk jc = it % nj
-  const int nj = RP / KC, n2 = cdiv(d_in, kTile) * nj;
+  // ---- phase 2: iteration it covers d_in chunk dc = dc0 + it / nj and rank chunk jc = it % nj
+  const int per_split = cdiv(cdiv(d_in, kTile), n_splits), dc0 = split * per_split;
+  const int nj = RP / KC, n2 = max(0, min(per_split, cdiv(d_in, kTile) - dc0)) * nj;
   auto load2 = [&](int it) {
     load_tile<T, KC, kTile, THREADS>(stage + (it % kStages) * S::STAGE, A, d_in, R, d_in, (it % nj) * KC,
-                                     (it / nj) * kTile);
+                                     (dc0 + it / nj) * kTile);
   };
   pipelined(n2, load2, [&](int it) {
     const int jc = it % nj;
@@ -457,7 +463,7 @@ __global__ void __launch_bounds__(2 * BM) moelora_bwd_dx_kernel(
                              kTile + PAD, KC);
     if (jc == nj - 1) {
       store_warp_tile<T>(acc, out_s + wrow * (kTile + PAD), dx + (int64_t)n0 * d_in, d_in, N - n0, d_in, wrow,
-                         (it / nj) * kTile, accumulate);
+                         (dc0 + it / nj) * kTile, accumulate);
       zero(acc);
     }
   });
@@ -589,6 +595,29 @@ int pick_bm(int RP, size_t (*bytes128)(int)) {
   return bytes128(RP) <= size_t(smem_limit()) ? 128 : 64;
 }
 
+// Blocks of `threads` threads and `smem` bytes that fit on one multiprocessor at once (1 KB of shared
+// memory per block is the runtime's).
+int blocks_per_sm(int threads, size_t smem) {
+  const int by_smem = attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor) / int(smem + 1024);
+  return std::max(1, std::min(2048 / threads, by_smem));
+}
+
+// Column splits of a token-side kernel (blocks per token tile). A split repeats phase 1 (cols1 columns of
+// its operand, re-read from L2) and does 1/s of phase 2's chunks2 64-column chunks. The cost is counted as
+// waves of blocks times one block's work: where the token tiles alone leave SMs idle, splitting fills
+// them; where they already fill the GPU, it only repeats phase 1. MOELORA_SPLITS=1 turns splits off (dev).
+int pick_splits(int n_tiles, int slots, int cols1, int chunks2) {
+  static const int forced = std::getenv("MOELORA_SPLITS") ? std::atoi(std::getenv("MOELORA_SPLITS")) : 0;
+  if (forced > 0) return std::min(forced, chunks2);
+  int best = 1;
+  double best_cost = 1e300;
+  for (int s = 1; s <= std::min(chunks2, 16); ++s) {
+    const double cost = double(cdiv(n_tiles * s, slots)) * (cols1 + double(chunks2) * kTile / s);
+    if (cost < best_cost * (1 - 1e-9)) best = s, best_cost = cost;
+  }
+  return best;
+}
+
 template <typename T>
 void launch_fwd(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const at::Tensor& gates, float scaling,
                 at::Tensor& y, at::Tensor& h, at::Tensor& hg, bool accumulate) {
@@ -603,17 +632,20 @@ void launch_fwd(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, c
   auto* py = reinterpret_cast<T*>(y.data_ptr());
   auto* phg = reinterpret_cast<T*>(hg.data_ptr());
   float* ph = h.data_ptr<float>();
+  const int sms = attribute(cudaDevAttrMultiProcessorCount);
   const int bm = pick_bm(RP, &FwdSmem<T, 128>::bytes);
   if (bm == 128) {
     const size_t smem = FwdSmem<T, 128>::bytes(RP);
+    const int splits = pick_splits(cdiv(N, 128), sms * blocks_per_sm(256, smem), d_in, cdiv(d_out, kTile));
     set_smem(moelora_fwd_kernel<T, 128>, smem);
-    moelora_fwd_kernel<T, 128><<<cdiv(N, 128), 256, smem, stream>>>(px, pA, pB, pg, py, ph, phg, N, d_in, d_out, E,
-                                                                      r, scaling, b_vec, accumulate);
+    moelora_fwd_kernel<T, 128><<<cdiv(N, 128) * splits, 256, smem, stream>>>(
+        px, pA, pB, pg, py, ph, phg, N, d_in, d_out, E, r, scaling, b_vec, accumulate, splits);
   } else {
     const size_t smem = FwdSmem<T, 64>::bytes(RP);
+    const int splits = pick_splits(cdiv(N, 64), sms * blocks_per_sm(128, smem), d_in, cdiv(d_out, kTile));
     set_smem(moelora_fwd_kernel<T, 64>, smem);
-    moelora_fwd_kernel<T, 64><<<cdiv(N, 64), 128, smem, stream>>>(px, pA, pB, pg, py, ph, phg, N, d_in, d_out, E, r,
-                                                                    scaling, b_vec, accumulate);
+    moelora_fwd_kernel<T, 64><<<cdiv(N, 64) * splits, 128, smem, stream>>>(
+        px, pA, pB, pg, py, ph, phg, N, d_in, d_out, E, r, scaling, b_vec, accumulate, splits);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -653,16 +685,21 @@ void launch_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& A, 
   int* pc = counters.data_ptr<int>();
 
   const int bm = pick_bm(RP, &BwdDxSmem<T, 128>::bytes);
+  const int dx_chunks = need_dx ? cdiv(d_in, kTile) : 1;  // without dx there is no phase 2 to split
   if (bm == 128) {
     const size_t smem = BwdDxSmem<T, 128>::bytes(RP);
+    const int splits = pick_splits(cdiv(N, 128), sms * blocks_per_sm(256, smem), d_out, dx_chunks);
     set_smem(moelora_bwd_dx_kernel<T, 128>, smem);
-    moelora_bwd_dx_kernel<T, 128><<<cdiv(N, 128), 256, smem, stream>>>(
-        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx, accumulate);
+    moelora_bwd_dx_kernel<T, 128><<<cdiv(N, 128) * splits, 256, smem, stream>>>(
+        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx, accumulate,
+        splits);
   } else {
     const size_t smem = BwdDxSmem<T, 64>::bytes(RP);
+    const int splits = pick_splits(cdiv(N, 64), sms * blocks_per_sm(128, smem), d_out, dx_chunks);
     set_smem(moelora_bwd_dx_kernel<T, 64>, smem);
-    moelora_bwd_dx_kernel<T, 64><<<cdiv(N, 64), 128, smem, stream>>>(
-        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx, accumulate);
+    moelora_bwd_dx_kernel<T, 64><<<cdiv(N, 64) * splits, 128, smem, stream>>>(
+        pdy, pA, pB, pg, ph, pdx, pdh, pdg, pc, n_tiles, N, d_in, d_out, E, r, scaling, b_vec, need_dx, accumulate,
+        splits);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 

@@ -342,7 +342,10 @@ def _checkpoint_dir(name_or_dir):
     except ImportError:
         raise FileNotFoundError(f"{name_or_dir!r} is not a directory and huggingface_hub is not installed: {hint}")
     try:
-        return snapshot_download(name_or_dir, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin"])
+        # the tokenizer's files come along, so that the data can be prepared from the same directory
+        # (python -m data.prepare --tokenizer=DIR)
+        return snapshot_download(name_or_dir, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin",
+                                                              "vocab.json", "merges.txt"])
     except Exception as e:  # offline, unknown name, ...: the hub's own message says which
         raise FileNotFoundError(f"could not fetch {name_or_dir!r} from the Hugging Face hub ({e}): {hint}") from e
 

@@ -1,6 +1,6 @@
 """
-Installs moelora's modules (model.py, moelora.py) and the data package; train.py, eval.py and bench.py
-are scripts run from the checkout.
+Installs moelora's modules (model.py, moelora.py) and the data package; train.py, eval.py, export.py and
+bench.py are scripts run from the checkout.
 
     pip install torch==2.13.0      # first: a bare 'torch' requirement would pull a multi-GB CUDA build
     pip install -e '.[test]'       # the project, plus what the tests need
@@ -41,7 +41,7 @@ setup(
     install_requires=["torch>=2.4", "numpy", "tiktoken", "regex", "ninja"],  # regex: GPT-2's split pattern
     extras_require={
         "test": ["pytest", "safetensors"],
-        "hf": ["safetensors"],  # Hugging Face checkpoints in model.safetensors
+        "hf": ["safetensors"],  # Hugging Face checkpoints in model.safetensors; export.py's adapter files
         "plot": ["matplotlib"],  # routing heatmaps
     },
     ext_modules=ext_modules,

@@ -12,8 +12,8 @@ key or a value of the wrong type stops it with one line "error: ..."):
     scale            multiplies the corpus and task sizes; tests build a small version (default 1)
     vocab_size       the most tokens the trained BPE may have, <|endoftext|> included (default 4096); training
                      stops earlier once every word of the text is one token
-    tokenizer        "bpe" (trained here, offline) or "gpt2" (tiktoken's, needs tiktoken's files; see
-                     data/tokenizer.py get_encoding)
+    tokenizer        "bpe" (trained here, offline), a Hugging Face GPT-2 directory (its vocab.json + merges.txt),
+                     a .tiktoken file, or "gpt2" (tiktoken's, needs tiktoken's files); see data/tokenizer.py
     rationales       0: commonsense outputs are LLM-Adapters' bare "the correct answer is <label>", without
                      the short rationale before it (default 1; see data/synthetic/commonsense_tasks.py)
 
@@ -25,7 +25,7 @@ The data directory
 ------------------
 meta.json
     {"seed", "vocab_size" (n_vocab of the encoding), "eot_token" (its id), "tokenizer" ("tokenizer.tiktoken",
-     or "gpt2"), "tasks" (the 11 names, math first, then commonsense), "math_tasks", "commonsense_tasks",
+     or --tokenizer as given), "tasks" (the 11 names, math first, then commonsense), "math_tasks", "commonsense_tasks",
      "sizes": {task: {"train", "val", "test"}} (item counts; "val" items are inside "train"),
      "train_on_inputs", "files" (every file below, relative to the directory), "config" (the options),
      "tokens" (token counts of the .bin files), "corpus_bytes_per_token", "tokens_missing_from_corpus" (the
@@ -71,7 +71,7 @@ import cli
 from data.llm_adapters import prompt
 from data.synthetic import tasks as suite
 from data.synthetic.corpus import make_corpus
-from data.tokenizer import TOKENIZER_FILE, count_words, get_encoding, make_encoding
+from data.tokenizer import TOKENIZER_FILE, count_words, load_tokenizer, make_encoding
 from data.tokenizer import tiktoken_file_bytes, tokenizer_json_bytes, train_bpe
 
 PRETRAIN_VAL_FRACTION = 0.05  # share of corpus documents held out as pretrain_val
@@ -120,12 +120,13 @@ def json_bytes(value):
 # The steps
 
 def build_tokenizer(config, docs, tasks):
-    """(encoding, files to write). The BPE trains on the corpus and the training items (as the model will
-    read them: prompt + output), never on test items."""
-    if config.tokenizer == "gpt2":
-        return get_encoding("gpt2"), {}
+    """(encoding, files to write). "bpe" trains on the corpus and the training items (as the model will read
+    them: prompt + output), never on test items; anything else names a tokenizer for load_tokenizer."""
     if config.tokenizer != "bpe":
-        raise ValueError(f"--tokenizer takes bpe or gpt2, not {config.tokenizer!r}")
+        try:
+            return load_tokenizer(config.tokenizer), {}
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"--tokenizer takes bpe or a tokenizer to load: {e}") from None
     examples = [prompt(item["instruction"], item["input"]) + item["output"] for train, _ in tasks.values()
                 for item in train]
     vocab = train_bpe(count_words(docs + examples), config.vocab_size - 1)  # one id left for <|endoftext|>

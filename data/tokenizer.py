@@ -1,5 +1,6 @@
-"""Tokenizers, all of them tiktoken Encodings: GPT-2's own where tiktoken can load it, or a small byte-level
-BPE trained here on the project's own text (the offline default).
+"""Tokenizers, all of them tiktoken Encodings: GPT-2's own, from a Hugging Face GPT-2 directory (vocab.json +
+merges.txt, load_hf_tokenizer) or where tiktoken can load it, or a small byte-level BPE trained here on the
+project's own text (the offline default).
 
 Training (train_bpe) is the textbook algorithm, over a table of word counts rather than the text itself:
     1. split the text into words with GPT-2's pattern (" cat", "'s", " 42", "\n"), count each distinct word;
@@ -16,13 +17,15 @@ base64 of its bytes, a space, its rank), beside a small JSON with the split patt
 
 Use:
     enc = load_tokenizer("out/data")        # the data directory's tokenizer (or a .tiktoken file)
-    enc = get_encoding("gpt2")             # tiktoken's own GPT-2 encoding, if tiktoken can load it
+    enc = load_tokenizer("path/to/gpt2")    # a Hugging Face GPT-2 directory: the same ids as its GPT2Tokenizer
+    enc = load_tokenizer("gpt2")            # tiktoken's own GPT-2 encoding, if tiktoken can load it
     ids = enc.encode_ordinary("The owl lives in the forest."); enc.decode(ids)
 """
 
 import base64
 import heapq
 import json
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -151,18 +154,10 @@ def read_tiktoken_file(path):
     return ranks
 
 
-def load_tokenizer(path):
-    """The tokenizer of a data directory (its meta.json names it), or of a .tiktoken file.
-
-    Next to a file x.tiktoken, x.json (written by prepare) gives the name, split pattern and special tokens;
-    without one, the pattern is GPT-2's and <|endoftext|> follows the last token."""
+def load_tiktoken_file(path):
+    """The Encoding of a .tiktoken file. Next to x.tiktoken, x.json (written by prepare) gives the name, split
+    pattern and special tokens; without one, the pattern is GPT-2's and <|endoftext|> follows the last token."""
     path = Path(path)
-    if path.is_dir():
-        meta_path = path / "meta.json"
-        name = json.loads(meta_path.read_text())["tokenizer"] if meta_path.exists() else TOKENIZER_FILE
-        if not name.endswith(".tiktoken"):
-            return get_encoding(name)
-        path = path / name
     ranks = read_tiktoken_file(path)
     info_path = path.with_suffix(".json")
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -174,16 +169,112 @@ def load_tokenizer(path):
     )
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Hugging Face GPT-2 directories: vocab.json + merges.txt
+
+def bytes_to_unicode():
+    """GPT-2's byte alphabet, {byte: character}: how vocab.json and merges.txt write tokens, which are bytes.
+
+    A token need not be valid UTF-8 (it may be half a character) and may hold a space, which would break a
+    merges.txt line "a b". So each byte is written as one printable character: the 188 bytes that are printable
+    themselves (! to ~, ¡ to ¬, ® to ÿ) as that character, the other 68 (control bytes, space, DEL, NBSP, soft
+    hyphen) as chr(256 + n), n counting them in byte order. A space is "Ġ" (U+0120), a newline "Ċ" (U+010A):
+    " the" is written "Ġthe"."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def load_hf_tokenizer(directory):
+    """A tiktoken Encoding from a Hugging Face GPT-2 directory (vocab.json + merges.txt) whose ids are those of
+    Hugging Face's GPT2Tokenizer: encode(text, allowed_special="all") as its encode(text).
+
+    Both split the text with GPT-2's pattern (tiktoken's spelling of it matches the same pieces) and then apply
+    BPE to each piece's bytes, differently: Hugging Face repeatedly merges the adjacent pair that comes first
+    in merges.txt, tiktoken the pair whose concatenation has the lowest rank, and the rank is the token's id.
+    The two orders are one when the 256 bytes have ids 0..255 and merge i joins earlier tokens into a new token
+    of id 256 + i, which is how GPT-2's files are made (and how tiktoken builds its own gpt2 encoding from
+    them). The files are checked for that, and refused when they break it. What the check cannot see: tiktoken
+    also joins two pieces that spell a token some other merge makes (merges "a b", "c d", "ab c", "abc d" on
+    "abcd": Hugging Face stops at ab|cd, tiktoken goes on to abcd). Merges learnt by BPE training do not pair
+    up that way ("abc d" never counts once "c d" has been merged), and on GPT-2's own files the two agree."""
+    directory = Path(directory)
+    vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
+    for path in (vocab_path, merges_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: a Hugging Face GPT-2 directory holds vocab.json and "
+                                    f"merges.txt")
+    byte_of = {char: b for b, char in bytes_to_unicode().items()}
+
+    def token_bytes(token, where):
+        if not token or any(char not in byte_of for char in token):
+            raise ValueError(f"{where}: {token!r} is not a token in GPT-2's byte alphabet")
+        return bytes(byte_of[char] for char in token)
+
+    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))  # {token text: id}
+    eot = vocab.pop(EOT, len(vocab))  # Hugging Face's GPT2Tokenizer adds <|endoftext|> when vocab.json lacks it
+    ranks = {token_bytes(token, vocab_path): i for token, i in vocab.items()}
+    if sorted(i for token, i in ranks.items() if len(token) == 1) != list(range(256)):
+        raise ValueError(f"{vocab_path}: the 256 single bytes must have ids 0..255, as in GPT-2")
+    # the first line is the format's "#version: 0.2" (Hugging Face skips it); a merge is "a b"
+    lines = merges_path.read_text(encoding="utf-8").splitlines()
+    merges = lines[1:] if lines and lines[0].startswith("#version") else lines
+    for i, line in enumerate(merges):
+        where = f"{merges_path} merge {i} ({line!r})"
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ValueError(f"{where}: a merge is two tokens separated by one space")
+        left, right = (token_bytes(part, where) for part in parts)
+        if max(ranks.get(left, math.inf), ranks.get(right, math.inf)) >= 256 + i:
+            raise ValueError(f"{where}: joins a token that is not made before it")
+        if ranks.get(left + right) != 256 + i:
+            raise ValueError(f"{where}: makes a token that {vocab_path.name} numbers {ranks.get(left + right)}, "
+                             f"not {256 + i}: tiktoken needs ids in merge order")
+    if len(ranks) != 256 + len(merges):
+        raise ValueError(f"{vocab_path}: {len(ranks)} tokens besides {EOT}, but the 256 bytes and the "
+                         f"{len(merges)} merges of {merges_path.name} make {256 + len(merges)}")
+    if eot < len(ranks):
+        raise ValueError(f"{vocab_path}: {EOT} has id {eot}, which a BPE token has")
+    return tiktoken.Encoding(directory.resolve().name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={EOT: eot})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading by path or name
+
+def load_tokenizer(path):
+    """The tokenizer that path names, one of:
+        a data directory        its meta.json names the tokenizer (tokenizer.tiktoken in it, or one below)
+        a Hugging Face GPT-2 directory, holding vocab.json + merges.txt (see load_hf_tokenizer)
+        a .tiktoken file        (or a directory holding tokenizer.tiktoken)
+        a tiktoken encoding name, e.g. "gpt2" (see get_encoding)"""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        name = json.loads((path / "meta.json").read_text())["tokenizer"]
+        # a file of the data directory, else a path or an encoding name as given to prepare
+        return load_tokenizer(path / name if (path / name).exists() else name)
+    if (path / "vocab.json").exists() or (path / "merges.txt").exists():
+        return load_hf_tokenizer(path)
+    if (path / TOKENIZER_FILE).is_file():
+        path = path / TOKENIZER_FILE
+    if path.is_file() and path.suffix == ".tiktoken":
+        return load_tiktoken_file(path)
+    if str(path) in tiktoken.list_encoding_names():
+        return get_encoding(str(path))
+    raise ValueError(f"tokenizer {str(path)!r}: expected a data directory (with meta.json), a Hugging Face GPT-2 "
+                     f"directory (with vocab.json and merges.txt), a .tiktoken file, or a tiktoken encoding name "
+                     f"({', '.join(tiktoken.list_encoding_names())})")
+
+
 def get_encoding(name):
-    """tiktoken's encoding of that name ("gpt2", ...), or our tokenizer when name is a path.
+    """tiktoken's encoding of that name ("gpt2", ...); load_tokenizer takes paths too.
 
     tiktoken downloads an encoding's files on first use; offline that fails, and the error says how to bring
-    the files in through tiktoken's cache (TIKTOKEN_CACHE_DIR)."""
-    if Path(name).exists():
-        return load_tokenizer(name)
+    the files in through tiktoken's cache (TIKTOKEN_CACHE_DIR), or to use a Hugging Face GPT-2 directory."""
     if name not in tiktoken.list_encoding_names():
         raise ValueError(f"unknown encoding {name!r}: tiktoken knows {', '.join(tiktoken.list_encoding_names())}; "
-                         f"or give the path of a data directory or a .tiktoken file")
+                         f"load_tokenizer also takes a data directory, a Hugging Face GPT-2 directory or a "
+                         f".tiktoken file")
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:
@@ -192,5 +283,6 @@ def get_encoding(name):
             f"tiktoken downloads it once and keeps it in its cache. On a machine with internet, run\n"
             f"    TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; tiktoken.get_encoding('{name}')\"\n"
             f"copy /path/to/cache to this machine and set TIKTOKEN_CACHE_DIR=/path/to/cache here.\n"
-            f"Offline, use the tokenizer trained on the bundled data instead: python -m data.prepare"
+            f"Or point --tokenizer at a Hugging Face GPT-2 directory (its vocab.json and merges.txt), or, offline,\n"
+            f"use the tokenizer trained on the bundled data instead: python -m data.prepare"
         ) from e

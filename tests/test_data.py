@@ -176,7 +176,7 @@ def test_bad_options_are_config_errors(argv, words):
 @pytest.mark.parametrize("argv,words", [
     (["--bogus=1"], "error: unknown setting 'bogus'"),
     # prepare's own check, after the corpus and the tasks are made (a tiny build: a second)
-    (["--tokenizer=wordpiece", "--scale=0.01"], "error: --tokenizer takes bpe or gpt2, not 'wordpiece'"),
+    (["--tokenizer=wordpiece", "--scale=0.01"], "error: --tokenizer takes bpe or a tokenizer to load: tokenizer 'wordpiece': expected"),
 ])
 def test_script_reports_bad_options_in_one_line(tmp_path, argv, words):
     cmd = [sys.executable, "-m", "data.prepare", f"--out={tmp_path / 'data'}", *argv]

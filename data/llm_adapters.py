@@ -19,7 +19,9 @@ scripts (evaluate.py for math, commonsense_evaluate.py for commonsense):
         counts, as it does there: "answer12" reads as answer1, "untrue" as true.
 
 The bundled synthetic tasks (data/synthetic/tasks.py) score exactly as the data set each stands in for
-(STAND_INS).
+(STAND_INS). The result tables' task order and column names (MATH_ORDER, COMMONSENSE_ORDER, table_name) and
+LLM-Adapters' decoding lengths (MAX_NEW_TOKENS) are at the end; data/prepare_llm_adapters.py turns their files
+into a data directory that train.py and evaluate.py read.
 
 Use:
     from data.llm_adapters import load_json, prompt, is_correct
@@ -64,9 +66,10 @@ def prompt(instruction, input=""):
 FIELDS = ("instruction", "input", "output", "answer")
 
 
-def load_json(path):
+def load_json(path, require_answer=True):
     """Read an LLM-Adapters file (a JSON list of items) and check every item; a bad file raises ValueError
-    naming the file and, for a bad item, its index."""
+    naming the file and, for a bad item, its index. Training files need no "answer" (LLM-Adapters' finetune.py
+    reads instruction, input and output only): require_answer=False accepts items without one."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -75,22 +78,24 @@ def load_json(path):
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of items, found a {type(data).__name__}")
     for index, item in enumerate(data):
-        problem = item_problem(item)
+        problem = item_problem(item, require_answer)
         if problem:
             raise ValueError(f"{path}: item {index}: {problem}")
     return data
 
 
-def item_problem(item):
+def item_problem(item, require_answer=True):
     """What is wrong with one item, or "" when nothing is."""
     if not isinstance(item, dict):
         return f"expected an object with fields {', '.join(FIELDS)}, found a {type(item).__name__}"
-    missing = [field for field in FIELDS if field not in item]
+    missing = [field for field in FIELDS if field not in item and (require_answer or field != "answer")]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
     for field in ("instruction", "input", "output"):
         if not isinstance(item[field], str):
             return f"field {field!r} should be a string, found a {type(item[field]).__name__}"
+    if "answer" not in item:
+        return ""
     # Answers are strings ("42", "B", "answer3"), numbers in some math files, and one-element lists in older
     # copies of LLM-Adapters' test files (their evaluate.py then takes answer[-1]).
     answer = item["answer"]
@@ -169,6 +174,23 @@ def source_dataset(dataset):
     return STAND_INS.get(name, name)
 
 
+def answer_problem(dataset, answer):
+    """What keeps is_correct from scoring against this answer (a math answer that is not a number, a letter
+    or label outside the data set's set), or "" when nothing does."""
+    dataset = source_dataset(dataset)
+    value = answer[-1] if isinstance(answer, list) else answer
+    if dataset in MATH_DATASETS:
+        try:
+            float(value)
+            return ""
+        except (TypeError, ValueError):
+            return f"field 'answer' should be a number for {dataset}, found {answer!r}"
+    labels = ("A", "B", "C", "D", "E") if dataset in CHOICE_DATASETS else LABEL_SETS[dataset]
+    if value not in labels:
+        return f"field 'answer' should be one of {', '.join(labels)} for {dataset}, found {answer!r}"
+    return ""
+
+
 def is_correct(dataset, output, answer):
     """Score one generated output against the item's answer by LLM-Adapters' rules for that data set."""
     dataset = source_dataset(dataset)
@@ -179,3 +201,27 @@ def is_correct(dataset, output, answer):
     if dataset in CHOICE_DATASETS:
         return first_match(LETTER, output) == answer
     return first_match(label_pattern(LABEL_SETS[dataset]), output) == answer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tables and the decoding lengths
+
+# The order of the result tables: the arithmetic one as LLM-Adapters' paper and the papers fine-tuning on
+# math_10k lay it out (MAWPS, added in its later version, last), the commonsense one as LLM-Adapters' README.
+MATH_ORDER = ("MultiArith", "gsm8k", "AddSub", "AQuA", "SingleEq", "SVAMP", "mawps")
+COMMONSENSE_ORDER = ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge",
+                     "openbookqa")
+# The tables' column names where they differ from the directory names
+TABLE_NAMES = {"gsm8k": "GSM8K", "mawps": "MAWPS", "boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA",
+               "hellaswag": "HellaSwag", "winogrande": "WinoGrande", "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c",
+               "openbookqa": "OBQA"}
+# The MoELoRA paper's eleven test sets (DESIGN.md): six math, five commonsense
+PAPER_TASKS = ("MultiArith", "gsm8k", "AddSub", "AQuA", "SingleEq", "SVAMP",
+               "boolq", "piqa", "ARC-Easy", "ARC-Challenge", "openbookqa")
+# How many tokens LLM-Adapters lets the model generate: evaluate.py (math, AQuA) 256, commonsense_evaluate.py 32
+MAX_NEW_TOKENS = {**{task: 256 for task in MATH_ORDER}, **{task: 32 for task in COMMONSENSE_ORDER}}
+
+
+def table_name(task):
+    """The column a task goes by in the result tables: "GSM8K" for gsm8k; a synthetic task keeps its name."""
+    return TABLE_NAMES.get(task, task)

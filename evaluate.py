@@ -7,6 +7,11 @@ entropy), saved as JSON and, when matplotlib is installed, drawn as heatmaps.
     python evaluate.py --ckpt=out/demo/moelora/ckpt.pt
     python evaluate.py --ckpt=out/demo/lora/ckpt.pt,out/demo/moelora/ckpt.pt --out=out/demo   # side by side
     python evaluate.py --ckpt=... --max_items=50                                                 # quicker
+    python evaluate.py --ckpt=out/gpt2-math/ckpt.pt --batch_size=32     # on data from data.prepare_llm_adapters
+
+Decoding stops at eot or after max_new_tokens: by default LLM-Adapters' lengths where the data directory gives
+them (meta["max_new_tokens"]: 256 for math, enough for GSM8K's rationales, 32 for commonsense), else the longest
+training output of the task plus 8; never past the model's context (a prompt that fills it scores wrong, counted).
 
 Writes eval.json and eval.md (and routing.json, routing.png) to --out, by default the first checkpoint's
 directory.
@@ -23,7 +28,7 @@ import torch
 import checkpoint
 import cli
 import moelora
-from data.llm_adapters import is_correct, load_json, prompt
+from data.llm_adapters import is_correct, load_json, prompt, table_name
 from data.tokenizer import load_tokenizer
 
 
@@ -34,6 +39,7 @@ class EvalConfig:
     base: str = ""  # override the base model an adapter checkpoint names (if it moved)
     max_items: int = 0  # test items per task (0: all)
     batch_size: int = 64
+    max_new_tokens: int = 0  # the most tokens decoded per answer (0: the data's rule, see above)
     out: str = ""  # where the results go (default: the first checkpoint's directory)
     routing: bool = True  # routing statistics and heatmaps for MoELoRA checkpoints
     device: str = "auto"
@@ -52,8 +58,11 @@ def task_items(data_dir, task, max_items):
     return items[:max_items] if max_items else items
 
 
-def answer_length(enc, data_dir, task):
-    """Decode at most this many tokens: the longest training output of the task, plus room."""
+def answer_length(enc, data_dir, task, meta=None):
+    """Decode at most this many tokens: the data directory's length for the task where it gives one (LLM-Adapters'
+    generation lengths), else the longest training output of the task, plus room."""
+    if meta is not None and task in meta.get("max_new_tokens", {}):
+        return meta["max_new_tokens"][task]
     outputs = [item["output"] for item in load_json(os.path.join(data_dir, "tasks", task, "train.json"))]
     return max(len(enc.encode(o)) for o in outputs) + 8
 
@@ -61,15 +70,17 @@ def answer_length(enc, data_dir, task):
 @torch.no_grad()
 def greedy_answers(model, enc, items, max_new, eot, batch_size=64):
     """The model's greedy answer (text) to each item's prompt, in the items' order; at most max_new tokens,
-    fewer where the longest prompt leaves less room in the context."""
+    fewer where a batch's longest prompt leaves less room in the context. A prompt that fills the context has
+    no room for an answer: None."""
     prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
-    max_new = min(max_new, model.config.block_size - max(map(len, prompts)))
-    # similar lengths batched together waste less on padding
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    block = model.config.block_size
+    # similar lengths batched together waste less on padding (and leave the short prompts their full room)
+    order = sorted((i for i in range(len(prompts)) if len(prompts[i]) < block), key=lambda i: len(prompts[i]))
     answers = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        outs = model.generate_batch([prompts[i] for i in chunk], max_new, stop_token=eot, pad_token=eot)
+        room = min(max_new, block - max(len(prompts[i]) for i in chunk))
+        outs = model.generate_batch([prompts[i] for i in chunk], room, stop_token=eot, pad_token=eot)
         for i, out in zip(chunk, outs):
             # the embedding table is padded past the tokenizer's vocabulary; an (untrained) model may
             # still pick a padding id, which decodes to nothing
@@ -78,42 +89,53 @@ def greedy_answers(model, enc, items, max_new, eot, batch_size=64):
 
 
 @torch.no_grad()
-def evaluate_tasks(model, data_dir, max_items=0, device="cpu", batch_size=64, log=None):
-    """Greedy answers to every test item of every task, scored as LLM-Adapters scores them.
+def evaluate_tasks(model, data_dir, max_items=0, device="cpu", batch_size=64, log=None, max_new_tokens=0):
+    """Greedy answers to every test item of every task, scored as LLM-Adapters scores them; at most
+    max_new_tokens per answer (0: the data's rule, answer_length).
 
-    Returns {"accuracy": {task: fraction}, "n": {task: items}, "examples": {task: first answer}}.
+    Returns {"accuracy": {task: fraction}, "n": {task: items}, "examples": {task: first answer},
+    "too_long": {task: prompts that fill the context, scored wrong}}.
     """
     meta = read_meta(data_dir)
     enc = load_tokenizer(data_dir)
     eot = meta["eot_token"]
     was_training = model.training
     model.eval()
-    results = {"accuracy": {}, "n": {}, "examples": {}}
+    results = {"accuracy": {}, "n": {}, "examples": {}, "too_long": {}}
     for task in meta["tasks"]:
         t0 = time.time()
         items = task_items(data_dir, task, max_items)
-        answers = greedy_answers(model, enc, items, answer_length(enc, data_dir, task), eot, batch_size)
+        max_new = max_new_tokens or answer_length(enc, data_dir, task, meta)
+        answers = greedy_answers(model, enc, items, max_new, eot, batch_size)
+        results["too_long"][task] = sum(a is None for a in answers)
+        answers = ["" if a is None else a for a in answers]
         correct = [is_correct(task, a, it["answer"]) for a, it in zip(answers, items)]
         results["accuracy"][task] = sum(correct) / len(correct)
         results["n"][task] = len(correct)
         results["examples"][task] = {"prompt": items[0]["instruction"], "output": answers[0],
                                      "answer": items[0]["answer"], "correct": correct[0]}
         if log:
-            log(f"  {task:16s} {results['accuracy'][task]:6.1%} of {len(correct)} ({time.time() - t0:.1f}s)")
+            too_long = results["too_long"][task]
+            log(f"  {task:16s} {results['accuracy'][task]:6.1%} of {len(correct)} ({time.time() - t0:.1f}s)" +
+                (f"; {too_long} prompts fill the context ({model.config.block_size} tokens): scored wrong"
+                 if too_long else ""))
     model.train(was_training)
     return results
 
 
 def format_table(rows, meta):
-    """Markdown: one row per checkpoint; math tasks, their average, commonsense tasks, their average."""
-    math_tasks, cs_tasks = meta["math_tasks"], meta["commonsense_tasks"]
-    header = ["model"] + math_tasks + ["math avg"] + cs_tasks + ["cs avg", "avg"]
+    """Markdown: one row per checkpoint; the math tasks and their average, the commonsense tasks and their
+    average (a group without tasks has no columns), the average over all tasks. Columns go by the paper's
+    names (GSM8K for gsm8k)."""
+    groups = [(tasks, label) for tasks, label in ((meta["math_tasks"], "math avg"),
+                                                  (meta["commonsense_tasks"], "cs avg")) if tasks]
+    every = [t for tasks, _ in groups for t in tasks]
+    header = ["model"] + [c for tasks, label in groups for c in [*map(table_name, tasks), label]] + ["avg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, acc in rows.items():
-        math_avg = sum(acc[t] for t in math_tasks) / len(math_tasks)
-        cs_avg = sum(acc[t] for t in cs_tasks) / len(cs_tasks)
-        cells = [acc[t] for t in math_tasks] + [math_avg] + [acc[t] for t in cs_tasks] + [cs_avg]
-        cells.append(sum(acc[t] for t in math_tasks + cs_tasks) / len(math_tasks + cs_tasks))
+        cells = [c for tasks, _ in groups
+                 for c in [*(acc[t] for t in tasks), sum(acc[t] for t in tasks) / len(tasks)]]
+        cells.append(sum(acc[t] for t in every) / len(every))
         lines.append("| " + " | ".join([name] + [f"{100 * c:.1f}" for c in cells]) + " |")
     return "\n".join(lines)
 
@@ -142,7 +164,8 @@ def routing_by_task(model, data_dir, max_items=0, device="cpu", batch_size=64):
     try:
         for task in meta["tasks"]:
             items = task_items(data_dir, task, max_items)
-            prompts = [enc.encode(prompt(it["instruction"], it["input"])) for it in items]
+            # a prompt longer than the context is routed as far as the context goes
+            prompts = [enc.encode(prompt(it["instruction"], it["input"]))[:model.config.block_size] for it in items]
             counts = {name: torch.zeros(m.n_experts) for name, m in layers.items()}
             entropy = {name: 0.0 for name in layers}
             n_tokens = 0
@@ -226,7 +249,8 @@ def main(argv=None):
         kind = ckpt["adapter"]["kind"] if ckpt["adapter"] else "full"
         print(f"{name} ({kind}, step {ckpt['iter_num']}) on {data_dir}:", flush=True)
         t0 = time.time()
-        results = evaluate_tasks(model, data_dir, cfg.max_items, device, cfg.batch_size, log=print)
+        results = evaluate_tasks(model, data_dir, cfg.max_items, device, cfg.batch_size, log=print,
+                                 max_new_tokens=cfg.max_new_tokens)
         print(f"  evaluated in {time.time() - t0:.0f}s", flush=True)
         rows[name] = results["accuracy"]
         report[name] = dict(results, checkpoint=os.path.abspath(path), kind=kind,

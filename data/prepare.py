@@ -4,6 +4,9 @@
     python -m data.prepare --out=DIR --seed=N --train_on_inputs=1 --scale=0.1 --vocab_size=4096 --tokenizer=gpt2
     python -m data.prepare --help                   # the options, their types and defaults
 
+LLM-Adapters' own files (math_10k.json, dataset/<Task>/test.json) go through data/prepare_llm_adapters.py into
+this same layout (its docstring says what differs).
+
 Options (PrepareConfig's fields, parsed by cli.py as train.py's are: --key=value or a .toml preset; an unknown
 key or a value of the wrong type stops it with one line "error: ..."):
     out              the data directory (default out/data)

@@ -327,7 +327,8 @@ def test_task_names_any_case_in_the_tables_order(files, tmp_path):
         "| model | GSM8K | AddSub | MAWPS | math avg | BoolQ | ARC-e | cs avg | avg |",
         "| m | 50.0 | 100.0 | 0.0 | 50.0 | 100.0 | 50.0 | 75.0 | 60.0 |"]
     math_only = dict(meta, commonsense_tasks=[])
-    assert evaluate.format_table(rows, math_only).splitlines()[0] == "| model | GSM8K | AddSub | MAWPS | math avg | avg |"
+    header = evaluate.format_table(rows, math_only).splitlines()[0]
+    assert header == "| model | GSM8K | AddSub | MAWPS | math avg | avg |"
 
 
 def test_the_command_reports_an_error_in_one_line(files, tmp_path):
@@ -394,3 +395,18 @@ def test_every_gpt2_size_loads(size):
     gpt._load_hf_tensors(tensors, source=size)
     assert (config.block_size, config.vocab_size) == (1024, 50257)
     assert gpt.get_num_params(non_embedding=False) == GPT2_PARAMETERS[size]
+
+
+def test_gpt2_sizes_benchmark_plumbing(tmp_path, capsys):
+    """dev/gpt2_sizes.py on a tiny model (its --quick): one row per adapter, every figure there, one table."""
+    from dev import gpt2_sizes
+    rows = gpt2_sizes.main(["--quick=1", "--device=cpu", f"--json={tmp_path / 'sizes.json'}"])
+    assert [(r["size"], r["adapter"]) for r in rows] == [("tiny", "lora"), ("tiny", "moelora")]
+    for r in rows:
+        for name in ("math_10k", "commonsense_170k"):
+            assert r[name]["step_ms"] > 0 and r[name]["epoch_min"] > 0
+    assert json.loads((tmp_path / "sizes.json").read_text())["rows"] == rows
+    assert "| tiny | moelora | 4 | - |" in capsys.readouterr().out
+    # the length histograms are distributions, cut at cutoff_len
+    for bins in gpt2_sizes.LENGTHS.values():
+        assert sum(share for _, _, share in bins) == pytest.approx(1.0) and bins[-1][:2] == (256, 257)

@@ -1,0 +1,217 @@
+"""What fine-tuning each GPT-2 size costs on one GPU: peak memory, step time, tokens/s, and the time an epoch of
+LLM-Adapters' math_10k and commonsense_170k takes, for LoRA r16 and MoELoRA 8 x r2 (equal parameters, top-2).
+
+    python -m dev.gpt2_sizes                         # the README's table: 4 sizes x 2 adapters (one H200: ~3 min)
+    python -m dev.gpt2_sizes --quick=1               # plumbing only: a 2-layer model, few steps (CPU is fine)
+    python -m dev.gpt2_sizes --sizes=gpt2-xl --batch_size=32 --json=out/gpt2_sizes.json
+
+What is timed is train.py's own step: train.train_step on train.Data batches (whole examples right-padded to
+the batch's longest), gradient clipping, the fused AdamW; bf16 autocast on CUDA; adapters on attn.c_attn,
+attn.c_proj, mlp.c_fc and mlp.c_proj; weights random, of each size's real shape (speed and memory do not depend
+on their values). Each step is synchronised; the table gives the median of --steps timed steps after --warmup.
+Peak memory is torch.cuda.max_memory_allocated over a case, weights included, and the case starts with one
+batch of cutoff_len-token examples, the worst a prepared data directory holds.
+
+The lengths (prompt + output + eot, GPT-2 tokens, cut at cutoff_len = 256 as data.prepare_llm_adapters does)
+are drawn from LENGTHS, histograms estimated from LLM-Adapters' test sets of the same kind as the training
+files (the training files themselves are not in this repository): GPT-2 pre-tokenizer pieces x 1.15 of
+    math_10k-like         gsm8k 60%, MAWPS-like (AddSub, SingleEq, MultiArith) 30%, AQuA 10%, test items with
+                          their rationales: median 160, 90th percentile 233; 4.7% longer than 256, cut
+    commonsense_170k-like boolq, piqa, social_i_qa, winogrande, ARC-e, ARC-c, openbookqa weighted as
+                          commonsense_170k mixes them, with the 6-token answer; hellaswag's share (23%, its test
+                          set is not in the repository we read) put at 160-224 tokens: median ~115
+An epoch is ceil(items / batch_size) steps of the median step: math_10k 10,000 items, commonsense_170k
+170,000 (their nominal sizes; train.py samples batches with replacement, so an "epoch" is a number of steps).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import cli
+import moelora
+import train
+from model import GPT, GPTConfig
+
+SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+         "gpt2-xl": (48, 25, 1600)}  # n_layer, n_head, n_embd (their config.json files)
+QUICK_SIZE = {"tiny": (2, 2, 64)}
+VOCAB, QUICK_VOCAB = 50257, 512
+CUTOFF = 256
+# (low, high, share): an example's length is uniform in [low, high) with that probability; [256, 257) is cut
+LENGTHS = {
+    "math_10k": [(64, 96, 0.020), (96, 128, 0.156), (128, 160, 0.319), (160, 192, 0.229), (192, 224, 0.147),
+                 (224, 256, 0.082), (256, 257, 0.047)],
+    "commonsense_170k": [(64, 96, 0.084), (96, 128, 0.591), (128, 160, 0.069), (160, 192, 0.129),
+                         (192, 224, 0.119), (224, 256, 0.004), (256, 257, 0.004)],
+}
+EPOCH_ITEMS = {"math_10k": 10_000, "commonsense_170k": 170_000}
+TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+@dataclass
+class SizesConfig:
+    sizes: tuple = tuple(SIZES)
+    adapters: tuple = ("lora", "moelora")
+    batch_size: int = 16  # LLM-Adapters' --batch_size in their README's commands
+    warmup: int = 2
+    steps: int = 6
+    quick: bool = False  # a 2-layer model, a 512-token vocabulary, batch 4, one timed step, no warm-up
+    device: str = "auto"
+    json: str = ""  # also write the rows here
+
+
+def adapter_config(kind):
+    lora = moelora.AdapterConfig(kind="lora", r=16, alpha=32.0, targets=TARGETS)
+    return lora if kind == "lora" else moelora.equal_params_moelora(lora, n_experts=8, top_k=2)
+
+
+def write_lengths(directory, name, n_examples, seed, vocab_size):
+    """Token files as data.prepare_llm_adapters writes them (random ids, all counted in the loss, as with
+    train_on_inputs=1), whose example lengths follow LENGTHS[name]."""
+    rng = np.random.default_rng(seed)
+    bins = LENGTHS[name]
+    which = rng.choice(len(bins), size=n_examples, p=[share for _, _, share in bins])
+    sizes = np.array([rng.integers(bins[b][0], bins[b][1]) for b in which])
+    os.makedirs(directory, exist_ok=True)
+    for split in ("train", "val"):
+        tokens = rng.integers(0, vocab_size, sizes.sum(), dtype=np.uint16)
+        tokens.tofile(os.path.join(directory, f"finetune_{split}.bin"))
+        np.ones(sizes.sum(), dtype=np.uint8).tofile(os.path.join(directory, f"finetune_{split}_mask.bin"))
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        offsets.tofile(os.path.join(directory, f"finetune_{split}_idx.bin"))
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+        json.dump({"vocab_size": vocab_size, "train_on_inputs": True, "lengths": name}, f)
+    return directory
+
+
+class FullLength:
+    """Batches of CUTOFF-token examples (train.Data.batch's shapes): the worst case for memory."""
+
+    def __init__(self, vocab_size):
+        self.vocab_size = vocab_size
+
+    def batch(self, split, step, micro, batch_size):
+        idx = torch.randint(0, self.vocab_size, (batch_size, CUTOFF))
+        return idx[:, :-1], idx[:, 1:], torch.ones(batch_size, CUTOFF - 1)
+
+
+def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
+    """One row: this size with this adapter, every length distribution."""
+    n_layer, n_head, n_embd = shape
+    torch.manual_seed(0)
+    with torch.device(device):  # built where it trains: an xl is 6 GB of fp32 weights
+        gpt = GPT(GPTConfig(block_size=1024, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+    adapter = adapter_config(kind)
+    moelora.inject(gpt, adapter)
+    moelora.mark_only_adapters_trainable(gpt)
+    tcfg = train.TrainConfig(mode="finetune", batch_size=cfg.batch_size, device=device, adapter=adapter,
+                             train_on_inputs=True)
+    run = train.setup_run(tcfg)
+    optimizer = gpt.configure_optimizers(0.0, 3e-4, (0.9, 0.99), run.device_type)
+    cuda = run.device_type == "cuda"
+
+    def step(data, i):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        _, tokens = train.train_step(gpt, gpt, data, tcfg, i, run)
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, tokens
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    counts = moelora.count_parameters(gpt)
+    row = {"size": size, "adapter": kind, "batch": cfg.batch_size, "params": counts["base"],
+           "trainable": counts["trainable"], "full_length_step_s": step(FullLength(vocab_size), 0)[0]}
+    for name, directory in data_dirs.items():
+        data = train.Data(directory, "finetune", 1024, seed=1)
+        for i in range(cfg.warmup):
+            step(data, 1 + i)
+        timed = [step(data, 100 + i) for i in range(cfg.steps)]
+        step_s = statistics.median(t for t, _ in timed)
+        row[name] = {"step_ms": 1e3 * step_s, "tokens_per_s": sum(n for _, n in timed) / sum(t for t, _ in timed),
+                     "epoch_min": math.ceil(EPOCH_ITEMS[name] / cfg.batch_size) * step_s / 60}
+    row["peak_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
+    del gpt, optimizer
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def format_rows(rows):
+    lines = ["| model | adapter | batch | peak GB | math_10k ms/step | tokens/s | epoch (min) | commonsense_170k "
+             "ms/step | tokens/s | epoch (min) |", "|" + "---|" * 10]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {r['error']} |" + " |" * 6)
+            continue
+        m, c = r["math_10k"], r["commonsense_170k"]
+        peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
+        lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {peak} | {m['step_ms']:.0f} | "
+                     f"{m['tokens_per_s']:,.0f} | {m['epoch_min']:.1f} | {c['step_ms']:.0f} | "
+                     f"{c['tokens_per_s']:,.0f} | {c['epoch_min']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    cfg = cli.parse(SizesConfig, argv)
+    unknown = set(cfg.sizes) - set(SIZES)
+    if unknown or set(cfg.adapters) - {"lora", "moelora"}:
+        raise cli.ConfigError(f"sizes are {', '.join(SIZES)}, adapters lora and moelora; got {cfg.sizes}, "
+                              f"{cfg.adapters}")
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = QUICK_SIZE if cfg.quick else {s: SIZES[s] for s in cfg.sizes}
+    if cfg.quick:
+        cfg = dataclasses.replace(cfg, batch_size=4, warmup=0, steps=1)
+    info = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+            "torch": torch.__version__, "batch_size": cfg.batch_size, "steps": cfg.steps}
+    print(f"{info['device']}, torch {info['torch']}; batch {cfg.batch_size}, median of {cfg.steps} steps after "
+          f"{cfg.warmup} warm-up; bf16 autocast on CUDA", flush=True)
+    if device.startswith("cuda") and "moelora" in cfg.adapters:
+        import kernel
+        t0 = time.time()
+        try:  # built before anything is timed; without it MoELoRA runs the reference (impl="auto" warns)
+            kernel.load_kernel()
+            print(f"kernel ready in {time.time() - t0:.0f} s", flush=True)
+        except RuntimeError as e:
+            print(f"{e}\nMoELoRA rows use the PyTorch reference", flush=True)
+    vocab_size = QUICK_VOCAB if cfg.quick else VOCAB
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        data_dirs = {name: write_lengths(os.path.join(work, name), name, 2000, seed, vocab_size)
+                     for seed, name in enumerate(LENGTHS)}
+        for size, shape in sizes.items():
+            for kind in cfg.adapters:
+                t0 = time.time()
+                try:
+                    rows.append(measure(size, shape, kind, data_dirs, cfg, device, vocab_size))
+                except torch.cuda.OutOfMemoryError:
+                    rows.append({"size": size, "adapter": kind, "batch": cfg.batch_size, "error": "out of memory"})
+                    torch.cuda.empty_cache()
+                print(f"  {size} {kind}: {time.time() - t0:.0f} s", flush=True)
+    print("\n" + format_rows(rows))
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+        print(f"\nwrote {cfg.json}")
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except cli.ConfigError as e:
+        raise SystemExit(f"error: {e}")

@@ -2,7 +2,7 @@
 LLM-Adapters' math_10k and commonsense_170k takes, for LoRA r16 and MoELoRA 8 x r2 (equal parameters, top-2).
 
     python -m dev.gpt2_sizes                         # the README's table: 4 sizes x 2 adapters (one H200: ~3 min)
-    python -m dev.gpt2_sizes --quick=1               # plumbing only: a 2-layer model, few steps (CPU is fine)
+    python -m dev.gpt2_sizes --quick=1               # plumbing only: a 1-layer model, few steps (CPU is fine)
     python -m dev.gpt2_sizes --sizes=gpt2-xl --batch_size=32 --json=out/gpt2_sizes.json
 
 What is timed is train.py's own step: train.train_step on train.Data batches (whole examples right-padded to
@@ -22,6 +22,11 @@ files (the training files themselves are not in this repository): GPT-2 pre-toke
                           set is not in the repository we read) put at 160-224 tokens: median ~115
 An epoch is ceil(items / batch_size) steps of the median step: math_10k 10,000 items, commonsense_170k
 170,000 (their nominal sizes; train.py samples batches with replacement, so an "epoch" is a number of steps).
+
+Evaluation as evaluate.py runs it (float32 weights, greedy, batches of 64 prompts, KV cache): one batch of
+64 prompts of 128 tokens decodes 64 tokens, timed; the test sets' time is that step time times their decoding
+steps: ceil(items / 64) batches of 256 steps for the six math sets, of 32 for the five commonsense ones
+(LLM-Adapters' lengths), with their sizes in EVAL_ITEMS. An upper bound: a trained model stops at eot.
 """
 
 import dataclasses
@@ -43,7 +48,7 @@ from model import GPT, GPTConfig
 
 SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
          "gpt2-xl": (48, 25, 1600)}  # n_layer, n_head, n_embd (their config.json files)
-QUICK_SIZE = {"tiny": (2, 2, 64)}
+QUICK_SIZE = {"tiny": (1, 2, 32)}
 VOCAB, QUICK_VOCAB = 50257, 512
 CUTOFF = 256
 # (low, high, share): an example's length is uniform in [low, high) with that probability; [256, 257) is cut
@@ -54,6 +59,12 @@ LENGTHS = {
                          (192, 224, 0.119), (224, 256, 0.004), (256, 257, 0.004)],
 }
 EPOCH_ITEMS = {"math_10k": 10_000, "commonsense_170k": 170_000}
+# LLM-Adapters' test sets (dataset/<Task>/test.json): items, and the tokens evaluate.py decodes at most
+EVAL_ITEMS = {"math": ({"MultiArith": 600, "gsm8k": 1319, "AddSub": 395, "AQuA": 254, "SingleEq": 508,
+                        "SVAMP": 1000}, 256),
+              "commonsense": ({"boolq": 3270, "piqa": 1838, "ARC-Easy": 2376, "ARC-Challenge": 1172,
+                               "openbookqa": 500}, 32)}
+EVAL_BATCH, EVAL_PROMPT, EVAL_STEPS = 64, 128, 64  # the timed decoding (--quick: 4, 16, 4)
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
@@ -64,7 +75,7 @@ class SizesConfig:
     batch_size: int = 16  # LLM-Adapters' --batch_size in their README's commands
     warmup: int = 2
     steps: int = 6
-    quick: bool = False  # a 2-layer model, a 512-token vocabulary, batch 4, one timed step, no warm-up
+    quick: bool = False  # a 1-layer model, a 512-token vocabulary, batch 2, one timed step, no warm-up
     device: str = "auto"
     json: str = ""  # also write the rows here
 
@@ -145,24 +156,48 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
         row[name] = {"step_ms": 1e3 * step_s, "tokens_per_s": sum(n for _, n in timed) / sum(t for t, _ in timed),
                      "epoch_min": math.ceil(EPOCH_ITEMS[name] / cfg.batch_size) * step_s / 60}
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
+    decode_step_s = time_decoding(gpt, vocab_size, cuda, cfg.quick)
+    row["eval_min"] = {group: decode_step_s * steps / 60 for group, steps in eval_steps().items()}
     del gpt, optimizer
     if cuda:
         torch.cuda.empty_cache()
     return row
 
 
+def time_decoding(gpt, vocab_size, cuda, quick):
+    """Seconds per decoding step of a batch as evaluate.py decodes it (float32, no autocast)."""
+    batch, length, steps = (4, 16, 4) if quick else (EVAL_BATCH, EVAL_PROMPT, EVAL_STEPS)
+    gpt.eval()
+    prompts = torch.randint(0, vocab_size, (batch, length)).tolist()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    gpt.generate_batch(prompts, steps)  # no stop token: every step runs
+    if cuda:
+        torch.cuda.synchronize()
+    gpt.train()
+    return (time.perf_counter() - t0) / steps
+
+
+def eval_steps():
+    """{group: decoding steps of its test sets}: ceil(items / EVAL_BATCH) batches of max_new steps each."""
+    return {group: sum(math.ceil(n / EVAL_BATCH) for n in items.values()) * max_new
+            for group, (items, max_new) in EVAL_ITEMS.items()}
+
+
 def format_rows(rows):
     lines = ["| model | adapter | batch | peak GB | math_10k ms/step | tokens/s | epoch (min) | commonsense_170k "
-             "ms/step | tokens/s | epoch (min) |", "|" + "---|" * 10]
+             "ms/step | tokens/s | epoch (min) | eval math (min, at most) | eval commonsense |", "|" + "---|" * 12]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {r['error']} |" + " |" * 6)
+            lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {r['error']} |" + " |" * 8)
             continue
         m, c = r["math_10k"], r["commonsense_170k"]
         peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
         lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {peak} | {m['step_ms']:.0f} | "
                      f"{m['tokens_per_s']:,.0f} | {m['epoch_min']:.1f} | {c['step_ms']:.0f} | "
-                     f"{c['tokens_per_s']:,.0f} | {c['epoch_min']:.1f} |")
+                     f"{c['tokens_per_s']:,.0f} | {c['epoch_min']:.1f} | {r['eval_min']['math']:.1f} | "
+                     f"{r['eval_min']['commonsense']:.1f} |")
     return "\n".join(lines)
 
 
@@ -175,7 +210,7 @@ def main(argv=None):
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     sizes = QUICK_SIZE if cfg.quick else {s: SIZES[s] for s in cfg.sizes}
     if cfg.quick:
-        cfg = dataclasses.replace(cfg, batch_size=4, warmup=0, steps=1)
+        cfg = dataclasses.replace(cfg, batch_size=2, warmup=0, steps=1)
     info = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
             "torch": torch.__version__, "batch_size": cfg.batch_size, "steps": cfg.steps}
     print(f"{info['device']}, torch {info['torch']}; batch {cfg.batch_size}, median of {cfg.steps} steps after "

@@ -405,8 +405,10 @@ def test_gpt2_sizes_benchmark_plumbing(tmp_path, capsys):
     for r in rows:
         for name in ("math_10k", "commonsense_170k"):
             assert r[name]["step_ms"] > 0 and r[name]["epoch_min"] > 0
+        assert r["eval_min"]["math"] > r["eval_min"]["commonsense"] > 0  # 66 x 256 steps against 146 x 32
+    assert gpt2_sizes.eval_steps() == {"math": 66 * 256, "commonsense": 146 * 32}
     assert json.loads((tmp_path / "sizes.json").read_text())["rows"] == rows
-    assert "| tiny | moelora | 4 | - |" in capsys.readouterr().out
+    assert "| tiny | moelora | 2 | - |" in capsys.readouterr().out
     # the length histograms are distributions, cut at cutoff_len
     for bins in gpt2_sizes.LENGTHS.values():
         assert sum(share for _, _, share in bins) == pytest.approx(1.0) and bins[-1][:2] == (256, 257)

@@ -69,7 +69,7 @@ FIELDS = ("instruction", "input", "output", "answer")
 def load_json(path, require_answer=True):
     """Read an LLM-Adapters file (a JSON list of items) and check every item; a bad file raises ValueError
     naming the file and, for a bad item, its index. Training files need no "answer" (LLM-Adapters' finetune.py
-    reads instruction, input and output only): require_answer=False accepts items without one."""
+    reads instruction, input and output only): require_answer=False neither needs nor checks one."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -94,7 +94,7 @@ def item_problem(item, require_answer=True):
     for field in ("instruction", "input", "output"):
         if not isinstance(item[field], str):
             return f"field {field!r} should be a string, found a {type(item[field]).__name__}"
-    if "answer" not in item:
+    if not require_answer:  # a training item: its answer, if any, is never read
         return ""
     # Answers are strings ("42", "B", "answer3"), numbers in some math files, and one-element lists in older
     # copies of LLM-Adapters' test files (their evaluate.py then takes answer[-1]).

@@ -97,9 +97,11 @@ def huge_prompt_item():
 def write_llm_adapters(root):
     """LLM-Adapters' layout: ft-training_set/{math_10k,commonsense_170k}.json, dataset/<Task>/test.json."""
     math_train = [math_item(i, choices=i % 4 == 3) for i in range(10)] + [long_math_item()]
-    # an Alpaca-style item: an input (the other template), no answer (finetune.py reads none)
+    # Alpaca-style items: an input (the other template), no answer or one no test would take (finetune.py
+    # reads none)
     math_train.append({"instruction": "Add the two numbers.", "input": "12 and 30", "output": "12 + 30 = 42. The "
                        "answer is 42."})
+    math_train[0]["answer"] = None
     cs_train = [commonsense_item(task, i) for i in range(3) for task in ("boolq", "piqa", "ARC-Easy")]
     cs_train.append(huge_prompt_item())
     files = {"ft-training_set/math_10k.json": math_train, "ft-training_set/commonsense_170k.json": cs_train}

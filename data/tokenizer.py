@@ -21,6 +21,7 @@ Use:
 """
 
 import base64
+import hashlib
 import heapq
 import json
 from collections import Counter, defaultdict
@@ -132,6 +133,18 @@ def tokenizer_json_bytes(name, vocab, pattern=GPT2_PATTERN):
     """The side file load_tokenizer reads next to the .tiktoken file: name, split pattern, special tokens."""
     info = {"name": name, "pat_str": pattern, "special_tokens": {EOT: len(vocab)}}
     return (json.dumps(info, indent=2) + "\n").encode("utf-8")
+
+
+def tokenizer_hash(enc):
+    """A short hash of what makes an encoding's ids mean what they mean (its tokens and their ranks, its split
+    pattern, its special tokens): prepare stores it in meta.json, training in every checkpoint, so that a model
+    is never used with data another tokenizer made."""
+    h = hashlib.sha256(enc._pat_str.encode())
+    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda item: item[1]):
+        h.update(b"%d %s\n" % (rank, base64.b64encode(token)))
+    for token, rank in sorted(enc._special_tokens.items()):
+        h.update(b"%d special %s\n" % (rank, token.encode()))
+    return h.hexdigest()[:16]
 
 
 def read_tiktoken_file(path):

@@ -5,15 +5,18 @@ MoELoRA or all parameters. One readable loop, nanoGPT-style.
     python -m data.prepare                                   # once: corpus, tasks, tokenizer -> out/data
     python train.py config/demo_pretrain.toml                # base model -> out/demo/base/ckpt.pt
     python train.py config/demo_finetune.toml                # MoELoRA adapters -> out/demo/moelora/ckpt.pt
-    python train.py config/demo_finetune.toml --adapter=lora --lora_r=8 --out_dir=out/demo/lora
+    python train.py config/demo_finetune.toml --adapter.kind=lora --adapter.r=8 --out_dir=out/demo/lora
     torchrun --standalone --nproc_per_node=2 train.py ...    # DDP: NCCL on GPUs, gloo on CPUs
 
 Settings: the TrainConfig dataclass below; presets in config/*.toml; --key=value overrides; --help lists
 them all. init_from: "scratch" (pretraining), a checkpoint of ours (ckpt.pt), a Hugging Face GPT-2
 directory or name, or "resume" (continue the run in out_dir exactly where it stopped).
 
-Checkpoints (out_dir/ckpt.pt) are written atomically: a crash or Ctrl-C mid-save leaves the last good one
-in place. A fine-tuning checkpoint holds the adapters only and names its base (path and fingerprint).
+Checkpoints (out_dir/ckpt.pt) are written atomically: a crash or a kill mid-save leaves the last good one in
+place, and weights that are not finite are never saved. Ctrl-C finishes the step in flight, saves and stops,
+so that init_from=resume continues exactly. A fine-tuning checkpoint holds the adapters only and names its base
+(path and fingerprint). One run at a time per out_dir (out_dir/train.lock), and a new run never writes over a
+checkpoint. Every setting is checked before any work; an expected error is one line "error: ..." (cli.run).
 """
 
 import functools
@@ -111,7 +114,7 @@ class TrainConfig:
 # line and presets set (cli.given), so that a default never trips them
 UNUSED_SETTINGS = [
     (lambda c: c.mode == "pretrain", ("adapter.", "eval_items", "train_on_inputs"),
-     "they apply to mode=finetune (pretraining trains every parameter on the corpus)"),
+     "they apply to mode=finetune; pretraining trains every parameter on the corpus"),
     (lambda c: c.init_from not in ("scratch", "resume"), ("n_layer", "n_head", "n_embd", "block_size"),
      "the model's shape comes from init_from"),
     (lambda c: c.init_from != "resume", ("base",), "it names a moved base for init_from=resume"),
@@ -381,8 +384,8 @@ def check_resumable(cfg, given, resume):
     changed = [f"{k}={get(cfg, k)!r} (the run has {get(old, k)!r})" for k in FIXED_ON_RESUME
                if k in given and get(cfg, k) != get(old, k)]
     if changed:
-        raise cli.ConfigError(f"a resumed run keeps its {', '.join(FIXED_ON_RESUME)}: " + "; ".join(changed) +
-                              "; start a new run in another out_dir to change them")
+        raise cli.ConfigError("a resumed run keeps the settings its weights and data depend on: " + "; ".join(changed)
+                              + "; start a new run in another out_dir to change them")
     step = resume["iter_num"]
     if step >= cfg.max_iters:
         raise cli.ConfigError(f"the run in {cfg.out_dir} is at step {step}, which max_iters={cfg.max_iters} does "

@@ -36,6 +36,10 @@ EOT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.tiktoken"
 
 
+class EncodingUnavailable(RuntimeError, OSError):
+    """tiktoken could not load an encoding's files (offline): an OSError, so scripts report it in a line."""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training
 
@@ -200,7 +204,7 @@ def get_encoding(name):
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:
-        raise RuntimeError(
+        raise EncodingUnavailable(
             f"tiktoken could not load the {name!r} encoding ({type(e).__name__}: {e}).\n"
             f"tiktoken downloads it once and keeps it in its cache. On a machine with internet, run\n"
             f"    TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; tiktoken.get_encoding('{name}')\"\n"

@@ -1,7 +1,6 @@
 """train.py and evaluate.py end to end on a tiny model and a small build of the data: pretrain, fine-tune with
 each adapter kind, evaluate; exact resume; DDP equivalence; clear errors; crash-safe checkpoints."""
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import torch
 
 import checkpoint
 import evaluate
-import model
 import moelora
 import train
 from training import failing_forward, finetune_args, logged_losses

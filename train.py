@@ -111,17 +111,17 @@ class TrainConfig:
 
 
 # Settings a run would accept and then not use: (when, the settings, why), checked against those the command
-# line and presets set (cli.given), so that a default never trips them
+# line and presets set (cli.given), so that a default never trips them. The model's shape (SHAPE) is the base's
+# when it starts from one: build_model refuses a shape setting that differs from it.
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 UNUSED_SETTINGS = [
     (lambda c: c.mode == "pretrain", ("adapter.", "eval_items", "train_on_inputs"),
      "they apply to mode=finetune; pretraining trains every parameter on the corpus"),
-    (lambda c: c.init_from not in ("scratch", "resume"), ("n_layer", "n_head", "n_embd", "block_size"),
-     "the model's shape comes from init_from"),
     (lambda c: c.init_from != "resume", ("base",), "it names a moved base for init_from=resume"),
 ]
 # Settings a resumed run keeps: the weights and the data they were trained on depend on them
-FIXED_ON_RESUME = ("mode", "n_layer", "n_head", "n_embd", "block_size", "train_on_inputs", "adapter.kind",
-                   "adapter.r", "adapter.n_experts", "adapter.targets", "adapter.router")
+FIXED_ON_RESUME = ("mode", *SHAPE, "train_on_inputs", "adapter.kind", "adapter.r", "adapter.n_experts",
+                   "adapter.targets", "adapter.router")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -214,10 +214,11 @@ def open_split(data_dir, name, meta, examples):
 # ----------------------------------------------------------------------------------------------------
 # the model: a checkpoint or a fresh GPT, then the adapters
 
-def build_model(cfg, meta, resume):
+def build_model(cfg, meta, resume, given=()):
     """The model to train, with adapters injected and everything else frozen when fine-tuning, and the
     weights of the run being resumed (resume: its checkpoint dict, or None). Whatever it starts from must
-    have been trained with the data's tokenizer (meta: the data's meta.json).
+    have been trained with the data's tokenizer (meta: the data's meta.json); the shape settings among given
+    (the keys the user set) must be the base's.
     Returns (model, base description for adapter checkpoints or None)."""
     vocab_size = meta["vocab_size"]
     if resume is not None:
@@ -230,6 +231,11 @@ def build_model(cfg, meta, resume):
                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     else:
         model = checkpoint.load_base(cfg.init_from, cfg.dropout, meta=meta, data_dir=cfg.data_dir)
+        differ = [f"{k}={getattr(cfg, k)} (the base has {getattr(model.config, k)})" for k in SHAPE
+                  if k in given and getattr(cfg, k) != getattr(model.config, k)]
+        if differ:
+            raise cli.ConfigError("settings this run would not use (the model's shape comes from init_from): "
+                                  + "; ".join(differ))
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the data's "
                          f"tokenizer's ({vocab_size}): prepare the data with the model's tokenizer")
@@ -354,7 +360,7 @@ def setup_run(cfg):
 
 
 def read_config(argv):
-    """The settings, and the checkpoint being resumed (or None): init_from=resume reads the run's saved
+    """The settings, the checkpoint being resumed (or None) and the keys argv set: init_from=resume reads the run's saved
     settings and puts this command line's overrides on top (e.g. a larger max_iters). A setting the run would
     not use, or one a resumed run cannot change, is an error (UNUSED_SETTINGS, check_resumable)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -373,7 +379,7 @@ def read_config(argv):
               for key in sorted(given) if any(key == k or k.endswith(".") and key.startswith(k) for k in keys)]
     if unused:
         raise cli.ConfigError("settings this run would not use: " + "; ".join(unused))
-    return cfg, resume
+    return cfg, resume, given
 
 
 def check_resumable(cfg, given, resume):
@@ -448,7 +454,7 @@ def open_log(out_dir, step, resuming):
 
 
 def main(argv=None):
-    cfg, resume = read_config(argv)
+    cfg, resume, given = read_config(argv)
     run = setup_run(cfg)
     master = run.rank == 0
     torch.manual_seed(cfg.seed + run.rank)
@@ -460,7 +466,7 @@ def main(argv=None):
         if cfg.mode == "finetune" and cfg.train_on_inputs != data.meta.get("train_on_inputs", False):
             raise cli.ConfigError(f"train_on_inputs={cfg.train_on_inputs}, but {cfg.data_dir} was prepared with "
                                   f"train_on_inputs={data.meta.get('train_on_inputs')}: re-run data.prepare")
-        model, base = build_model(cfg, data.meta, resume)
+        model, base = build_model(cfg, data.meta, resume, given)
         data.block_size = model.config.block_size
         model.to(run.device)
         optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), run.device_type)

@@ -189,8 +189,9 @@ def test_data_of_another_tokenizer_is_refused(data_dir, base_ckpt, finetuned, ot
 @pytest.mark.parametrize("argv,words", [
     (["--mode=pretrain", "--init_from=scratch", "--adapter.kind=lora"], "adapter.kind .*apply to mode=finetune"),
     (["--mode=pretrain", "--init_from=scratch", "--eval_items=3"], "eval_items .*apply to mode=finetune"),
-    (["--block_size=64"], "block_size \\(the model's shape comes from init_from\\)"),
-    (["--n_layer=8", "--n_embd=64"], "n_embd .*; n_layer .*shape comes from init_from"),
+    (["--block_size=64"], "would not use \\(the model's shape comes from init_from\\): block_size=64 \\(the base "
+                          "has 192\\)"),
+    (["--n_layer=8", "--n_embd=64", "--block_size=192"], "n_layer=8 \\(the base has 1\\); n_embd=64 \\(the base has 32\\)$"),
     (["--base=elsewhere.pt"], "base \\(it names a moved base for init_from=resume\\)"),
     (["--max_iters=0"], "max_iters=0 \\(expected >= 1\\)"),
 ])

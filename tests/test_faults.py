@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,17 @@ def test_resume_checks_the_base_fingerprint(data_dir, base_ckpt, tmp_path):
     with pytest.raises(ValueError, match="not the same base model"):
         train.main(finetune_args(data_dir, str(base), tmp_path / "ft", "--init_from=resume"))
     assert (tmp_path / "ft" / "ckpt.pt").read_bytes() == saved
+
+
+def test_a_second_ctrl_c_stops_at_once_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGINT)
+    with train.StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first asks the loop to stop after its step
+        assert stop.asked
+        with pytest.raises(KeyboardInterrupt, match="stopped at once, without saving"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # (the handler runs before this ends)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_one_run_per_out_dir_and_a_stale_lock_is_taken_over(data_dir, base_ckpt, tmp_path, capsys):

@@ -32,6 +32,7 @@ else
 fi
 
 stamp "fine-tuning MoELoRA adapters on the 11 tasks"
+rm -rf out/demo/moelora  # a fresh run: train.py will not write over an earlier run's checkpoint
 python train.py config/demo_finetune.toml
 stamp "evaluating"
 python evaluate.py --ckpt=out/demo/moelora/ckpt.pt

@@ -19,7 +19,6 @@ directory.
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import checkpoint
 import cli
 import moelora
 from data.llm_adapters import is_correct, load_json, prompt, table_name
+from data.prepare import read_meta
 from data.tokenizer import load_tokenizer
 
 
@@ -44,14 +44,14 @@ class EvalConfig:
     routing: bool = True  # routing statistics and heatmaps for MoELoRA checkpoints
     device: str = "auto"
 
+    def __post_init__(self):
+        cli.check(self, {"ckpt": ((lambda v: len(v) > 0), "one or more checkpoints: --ckpt=path/to/ckpt.pt"),
+                         "max_items": cli.at_least(0), "batch_size": cli.at_least(1),
+                         "device": cli.matching(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")})
+
 
 # ----------------------------------------------------------------------------------------------------
 # accuracy
-
-def read_meta(data_dir):
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        return json.load(f)
-
 
 def task_items(data_dir, task, max_items):
     items = load_json(os.path.join(data_dir, "tasks", task, "test.json"))
@@ -233,19 +233,33 @@ def plot_routing(routing, path):
 
 # ----------------------------------------------------------------------------------------------------
 
+def checkpoint_names(paths):
+    """Each checkpoint's name in the table: its directory's name, which must tell them apart."""
+    names = [os.path.basename(os.path.dirname(os.path.abspath(path))) for path in paths]
+    same = [p for p, n in zip(paths, names) if names.count(n) > 1]
+    if same:
+        raise cli.ConfigError(f"checkpoints {', '.join(same)} would share a row name (their directory's name); "
+                              f"give each its own directory")
+    return names
+
+
 def main(argv=None):
     cfg = cli.parse(EvalConfig, argv)
-    if not cfg.ckpt:
-        raise cli.ConfigError("which checkpoint? pass --ckpt=path/to/ckpt.pt (several: comma-separated)")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise cli.ConfigError(f"device={device}, but CUDA is not available here: use device=cpu or device=auto")
+    names = checkpoint_names(cfg.ckpt)
     out = cfg.out or os.path.dirname(cfg.ckpt[0])
     os.makedirs(out, exist_ok=True)
     rows, report = {}, {}
-    for path in cfg.ckpt:
-        model, ckpt = checkpoint.load_checkpoint(path, base=cfg.base or None)
+    for path, name in zip(cfg.ckpt, names):
+        # its data (or --data_dir) must share its tokenizer; paths in it are resolved where it now is
+        model, ckpt = checkpoint.load_checkpoint(path, base=cfg.base or None, data_dir=cfg.data_dir or None)
         model.to(device)
         data_dir = cfg.data_dir or ckpt["data"]["data_dir"]
-        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        if not cfg.data_dir and not os.path.isfile(os.path.join(data_dir, "meta.json")):
+            raise FileNotFoundError(f"{path} was trained on the data in {data_dir}, which is not there: if it "
+                                    f"moved, pass --data_dir=its new path")
         kind = ckpt["adapter"]["kind"] if ckpt["adapter"] else "full"
         print(f"{name} ({kind}, step {ckpt['iter_num']}) on {data_dir}:", flush=True)
         t0 = time.time()
@@ -276,8 +290,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (cli.ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli.run(main)  # an expected error is one line "error: ..." and exit code 1

@@ -294,9 +294,12 @@ class GPT(nn.Module):
         model.safetensors (or pytorch_model.bin), or a hub name ('gpt2', 'gpt2-medium', ...) fetched
         through huggingface_hub when that is installed and the hub is reachable."""
         directory = _checkpoint_dir(name_or_dir)
-        with open(os.path.join(directory, "config.json")) as f:
-            hf = json.load(f)
-        config = _config_from_hf(hf, dropout)
+        config_path = os.path.join(directory, "config.json")
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = _config_from_hf(json.load(f), dropout)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, not an object, a key missing
+            raise ValueError(f"{config_path} is not a GPT-2 config.json ({type(e).__name__}: {e})") from None
         model = cls(config)
         tensors = _read_hf_tensors(directory)
         model._load_hf_tensors(tensors, source=directory)
@@ -378,7 +381,12 @@ def _read_hf_tensors(directory):
         except ImportError:
             raise ImportError(f"{st_path} needs the safetensors package: pip install safetensors "
                               "(or pip install -e '.[hf]')")
-        return load_file(st_path)
-    if os.path.exists(bin_path):
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
+        path, load = st_path, load_file
+    elif os.path.exists(bin_path):
+        path, load = bin_path, lambda p: torch.load(p, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
+    try:
+        return load(path)
+    except Exception as e:  # truncated or not that format: safetensors, zip and unpickling errors alike
+        raise ValueError(f"{path} cannot be read, truncated or not a checkpoint ({type(e).__name__}: {e})") from None

@@ -464,11 +464,26 @@ class AdapterConfig:
     impl: str = "auto"  # "auto" | "cuda" | "ref", see moelora()
 
     def __post_init__(self):
-        if self.kind not in ("lora", "moelora", "none"):
-            raise ValueError(f"AdapterConfig.kind must be 'lora', 'moelora' or 'none', got {self.kind!r}")
+        # what each setting allows, named as train.py's users write it (adapter.r); a cli.ConfigError otherwise
+        from cli import above, at_least, check, fraction, one_of
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
-        self.targets = tuple(self.targets)
+        if isinstance(self.targets, list):
+            self.targets = tuple(self.targets)
+        check(self, {
+            "kind": one_of("lora", "moelora", "none"), "r": at_least(1), "alpha": above(0), "dropout": fraction(),
+            "targets": ((lambda v: len(v) > 0 and all(isinstance(p, str) and p for p in v)),
+                        "one or more module-name patterns"),
+            "n_experts": at_least(1), "top_k": at_least(1), "router": one_of(*ROUTERS),
+            "router_jitter": fraction(), "contrastive": one_of(*CONTRASTIVE_LOSSES, "none"),
+            "contrastive_tau": above(0), "contrastive_tokens": at_least(1), "balance_coef": at_least(0),
+            "contrastive_coef": at_least(0), "impl": one_of("auto", "cuda", "ref"),
+        }, prefix="adapter.", combinations=[
+            (lambda c: c.top_k <= c.n_experts, f"adapter.top_k={self.top_k} (expected at most adapter.n_experts="
+                                               f"{self.n_experts})"),
+            (lambda c: c.contrastive != "comoe" or c.top_k >= 2, "adapter.contrastive='comoe' contrasts a token's "
+                                                                 "activated experts: it needs adapter.top_k >= 2"),
+        ])
 
 
 def matches(name, pattern):

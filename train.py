@@ -5,23 +5,29 @@ MoELoRA or all parameters. One readable loop, nanoGPT-style.
     python -m data.prepare                                   # once: corpus, tasks, tokenizer -> out/data
     python train.py config/demo_pretrain.toml                # base model -> out/demo/base/ckpt.pt
     python train.py config/demo_finetune.toml                # MoELoRA adapters -> out/demo/moelora/ckpt.pt
-    python train.py config/demo_finetune.toml --adapter=lora --lora_r=8 --out_dir=out/demo/lora
+    python train.py config/demo_finetune.toml --adapter.kind=lora --adapter.r=8 --out_dir=out/demo/lora
     torchrun --standalone --nproc_per_node=2 train.py ...    # DDP: NCCL on GPUs, gloo on CPUs
 
 Settings: the TrainConfig dataclass below; presets in config/*.toml; --key=value overrides; --help lists
 them all. init_from: "scratch" (pretraining), a checkpoint of ours (ckpt.pt), a Hugging Face GPT-2
 directory or name, or "resume" (continue the run in out_dir exactly where it stopped).
 
-Checkpoints (out_dir/ckpt.pt) are written atomically: a crash or Ctrl-C mid-save leaves the last good one
-in place. A fine-tuning checkpoint holds the adapters only and names its base (path and fingerprint).
+Checkpoints (out_dir/ckpt.pt) are written atomically: a crash or a kill mid-save leaves the last good one in
+place, and weights that are not finite are never saved. Ctrl-C finishes the step in flight, saves and stops,
+so that init_from=resume continues exactly. A fine-tuning checkpoint holds the adapters only and names its base
+(path and fingerprint). One run at a time per out_dir (out_dir/train.lock), and a new run never writes over a
+checkpoint. Every setting is checked before any work; an expected error is one line "error: ..." (cli.run).
 """
 
+import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +39,7 @@ import checkpoint
 import cli
 import evaluate
 import moelora
+from data.prepare import read_meta
 from model import GPT, GPTConfig
 
 
@@ -75,10 +82,46 @@ class TrainConfig:
     dtype: str = "auto"  # "auto" (bfloat16 on CUDA, else float32) | "float32" | "bfloat16"
     compile: bool = False
     seed: int = 1337
+    base: str = ""  # init_from=resume: the base an adapter run was trained on, where it moved (default: as saved)
+
+    def __post_init__(self):
+        # every setting's allowed values; cli.parse turns the error into one line naming the settings
+        cli.check(self, {
+            "mode": cli.one_of("pretrain", "finetune"), "init_from": cli.matching(".+", "a non-empty string"),
+            "data_dir": cli.matching(".+", "a directory"), "out_dir": cli.matching(".+", "a directory"),
+            "n_layer": cli.at_least(1), "n_head": cli.at_least(1), "n_embd": cli.at_least(1),
+            "block_size": cli.at_least(2), "dropout": cli.fraction(),
+            "batch_size": cli.at_least(1), "grad_accum": cli.at_least(1), "max_iters": cli.at_least(1),
+            "lr": cli.above(0), "min_lr": cli.at_least(0), "warmup_iters": cli.at_least(0),
+            "lr_decay_iters": cli.at_least(0), "weight_decay": cli.at_least(0), "beta1": cli.fraction(),
+            "beta2": cli.fraction(), "grad_clip": cli.at_least(0), "log_interval": cli.at_least(1),
+            "eval_interval": cli.at_least(1), "eval_iters": cli.at_least(1), "eval_items": cli.at_least(0),
+            "device": cli.matching(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+            "dtype": cli.one_of("auto", "float32", "bfloat16"), "seed": cli.between(0, 2 ** 32 - 1),
+        }, combinations=[
+            (lambda c: c.n_embd % c.n_head == 0, f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}"),
+            (lambda c: c.min_lr <= c.lr, f"min_lr={self.min_lr} must not exceed lr={self.lr}"),
+            (lambda c: c.mode == "pretrain" or c.init_from != "scratch", "fine-tuning needs a base: set init_from "
+             "to a checkpoint (e.g. out/demo/base/ckpt.pt) or a Hugging Face GPT-2 directory"),
+        ])
 
     @property
     def uses_adapters(self):
         return self.mode == "finetune" and self.adapter.kind != "none"
+
+
+# Settings a run would accept and then not use: (when, the settings, why), checked against those the command
+# line and presets set (cli.given), so that a default never trips them. The model's shape (SHAPE) is the base's
+# when it starts from one: build_model refuses a shape setting that differs from it.
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
+UNUSED_SETTINGS = [
+    (lambda c: c.mode == "pretrain", ("adapter.", "eval_items", "train_on_inputs"),
+     "they apply to mode=finetune; pretraining trains every parameter on the corpus"),
+    (lambda c: c.init_from != "resume", ("base",), "it names a moved base for init_from=resume"),
+]
+# Settings a resumed run keeps: the weights and the data they were trained on depend on them
+FIXED_ON_RESUME = ("mode", *SHAPE, "train_on_inputs", "adapter.kind", "adapter.r", "adapter.n_experts",
+                   "adapter.targets", "adapter.router")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,24 +132,29 @@ class Data:
 
     A batch is drawn from a random generator seeded by (seed, split, step, micro-batch): it does not depend
     on what ran before, so a resumed run, or the same global batch split over DDP processes, sees exactly
-    the batches an uninterrupted single process would.
+    the batches an uninterrupted single process would. The files are checked against meta.json when opened
+    (open_split), and block_size (set once the model is known) against the corpus.
     """
 
-    def __init__(self, data_dir, mode, block_size, seed):
-        meta_path = os.path.join(data_dir, "meta.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"no prepared data in {data_dir} (no meta.json): run python -m data.prepare "
-                                    f"--out={data_dir}")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
-        self.mode, self.block_size, self.seed = mode, block_size, seed
-        self.files = {}
-        for split in ("train", "val"):
-            prefix = os.path.join(data_dir, ("pretrain_" if mode == "pretrain" else "finetune_") + split)
-            self.files[split] = {"tokens": np.memmap(prefix + ".bin", dtype=np.uint16, mode="r")}
-            if mode == "finetune":
-                self.files[split]["mask"] = np.memmap(prefix + "_mask.bin", dtype=np.uint8, mode="r")
-                self.files[split]["idx"] = np.fromfile(prefix + "_idx.bin", dtype=np.int64)
+    def __init__(self, data_dir, mode, seed):
+        self.meta = read_meta(data_dir)
+        self.mode, self.seed, self._block_size = mode, seed, None
+        prefix = "pretrain_" if mode == "pretrain" else "finetune_"
+        self.files = {split: open_split(data_dir, prefix + split, self.meta, mode == "finetune")
+                      for split in ("train", "val")}
+
+    @property
+    def block_size(self):
+        return self._block_size
+
+    @block_size.setter
+    def block_size(self, T):
+        """Windows (pretraining) and examples (fine-tuning) are cut at T + 1 tokens."""
+        short = [s for s, f in self.files.items() if self.mode == "pretrain" and len(f["tokens"]) <= T + 1]
+        if short:
+            raise ValueError(f"pretrain_{short[0]}.bin holds {len(self.files[short[0]]['tokens'])} tokens, too few "
+                             f"for windows of block_size + 1 = {T + 1}")
+        self._block_size = T
 
     def batch(self, split, step, micro, batch_size):
         """(x, y, loss_mask) as int64/int64/float tensors of shape (batch_size, T)."""
@@ -132,38 +180,75 @@ class Data:
         return x, y, mask
 
 
+def open_split(data_dir, name, meta, examples):
+    """The memory-mapped files of one split (tokens; with examples, also the loss mask and the offsets), checked
+    against each other and meta.json first: a file cut short or from another build would otherwise train on
+    garbage, or fail only when a batch reaches its end."""
+    rebuild = f"rebuild it: python -m data.prepare --out={data_dir} (with the options in its meta.json)"
+
+    def mapped(suffix, dtype):
+        path = os.path.join(data_dir, f"{name}{suffix}.bin")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: {rebuild}")
+        size, width = os.path.getsize(path), np.dtype(dtype).itemsize
+        if size == 0 or size % width:
+            raise ValueError(f"{path} holds {size} bytes, not a whole number of {np.dtype(dtype).name}s: {rebuild}")
+        return np.memmap(path, dtype=dtype, mode="r")
+
+    files = {"tokens": mapped("", np.uint16)}
+    n, problems = len(files["tokens"]), []
+    if meta["tokens"].get(name, n) != n:
+        problems.append(f"{name}.bin holds {n:,} tokens, meta.json says {meta['tokens'][name]:,}")
+    if examples:
+        files["mask"], files["idx"] = mapped("_mask", np.uint8), np.array(mapped("_idx", np.int64))
+        idx = files["idx"]
+        if len(files["mask"]) != n:
+            problems.append(f"{name}_mask.bin holds {len(files['mask']):,} entries for {n:,} tokens")
+        if len(idx) < 2 or idx[0] != 0 or idx[-1] != n or (np.diff(idx) <= 0).any():
+            problems.append(f"{name}_idx.bin's offsets do not run from 0 up to the {n:,} tokens of {name}.bin")
+    if problems:
+        raise ValueError(f"{data_dir} is damaged or mixes builds: {'; '.join(problems)}; {rebuild}")
+    return files
+
+
 # ----------------------------------------------------------------------------------------------------
 # the model: a checkpoint or a fresh GPT, then the adapters
 
-def build_model(cfg, vocab_size, resume):
+def build_model(cfg, meta, resume, given=()):
     """The model to train, with adapters injected and everything else frozen when fine-tuning, and the
-    weights of the run being resumed (resume: its checkpoint dict, or None).
+    weights of the run being resumed (resume: its checkpoint dict, or None). Whatever it starts from must
+    have been trained with the data's tokenizer (meta: the data's meta.json); the shape settings among given
+    (the keys the user set) must be the base's.
     Returns (model, base description for adapter checkpoints or None)."""
+    vocab_size = meta["vocab_size"]
     if resume is not None:
-        model = checkpoint.base_of(resume, os.path.join(cfg.out_dir, "ckpt.pt"), dropout=cfg.dropout)
+        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        checkpoint.check_tokenizer(resume, path, meta, cfg.data_dir)
+        model = checkpoint.base_of(resume, path, base=cfg.base or None, dropout=cfg.dropout)
     elif cfg.init_from == "scratch":
-        if cfg.mode != "pretrain":
-            raise ValueError("fine-tuning needs a base: set init_from to a checkpoint (e.g. "
-                             "out/demo/base/ckpt.pt) or a Hugging Face GPT-2 directory")
         # the embedding table is padded to a multiple of 64, which suits the matmul units
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=64 * math.ceil(vocab_size / 64),
                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     else:
-        model = checkpoint.load_base(cfg.init_from, cfg.dropout)
+        model = checkpoint.load_base(cfg.init_from, cfg.dropout, meta=meta, data_dir=cfg.data_dir)
+        differ = [f"{k}={getattr(cfg, k)} (the base has {getattr(model.config, k)})" for k in SHAPE
+                  if k in given and getattr(cfg, k) != getattr(model.config, k)]
+        if differ:
+            raise cli.ConfigError("settings this run would not use (the model's shape comes from init_from): "
+                                  + "; ".join(differ))
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the data's "
                          f"tokenizer's ({vocab_size}): prepare the data with the model's tokenizer")
     base = None
     if cfg.uses_adapters:
         if resume is not None:
-            base = resume["base"]
+            base = dict(resume["base"], **({"init_from": cfg.base} if cfg.base else {}))
         else:
-            base_path = os.path.abspath(cfg.init_from) if os.path.exists(cfg.init_from) else cfg.init_from
-            base = {"init_from": base_path, "fingerprint": checkpoint.fingerprint(model)}
+            base = {"init_from": cfg.init_from, "fingerprint": checkpoint.fingerprint(model)}
         moelora.inject(model, cfg.adapter)
         moelora.mark_only_adapters_trainable(model)
     if resume is not None:
-        checkpoint.load_weights(model, resume)
+        checkpoint.load_weights(model, resume, os.path.join(cfg.out_dir, "ckpt.pt"))
     return model, base
 
 
@@ -219,6 +304,10 @@ def estimate_val_loss(model, data, cfg, run):
 def evaluate_and_log(raw_model, data, cfg, run, step, log_file):
     """Validation loss (and, when asked, task accuracy) at this step, printed and logged; the val loss."""
     val = estimate_val_loss(raw_model, data, cfg, run)
+    if not math.isfinite(val):
+        raise FloatingPointError(f"validation loss is not finite after step {step} ({val}): stopping without saving "
+                                 f"these weights over the last good checkpoint in {cfg.out_dir}; try a lower lr or "
+                                 f"dtype=float32, then init_from=resume")
     record = {"iter": step, "val_loss": val}
     line = f"iter {step:5d} | val loss {val:.4f}"
     if cfg.mode == "finetune" and cfg.eval_items > 0:
@@ -249,9 +338,14 @@ def setup_run(cfg):
     ddp = int(os.environ.get("RANK", -1)) != -1
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise cli.ConfigError(f"device={device}, but CUDA is not available here (torch {torch.__version__}): "
+                              f"use device=cpu or device=auto")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise cli.ConfigError(f"device={device}, but there are {torch.cuda.device_count()} GPUs (cuda:0 ...)")
+    if cfg.uses_adapters and cfg.adapter.impl == "cuda" and device_type != "cuda":
+        raise cli.ConfigError(f"adapter.impl=cuda runs the CUDA kernel, which needs device=cuda (here {device})")
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    if dtype not in ("float32", "bfloat16"):
-        raise cli.ConfigError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
     rank, world = 0, 1
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
@@ -266,110 +360,190 @@ def setup_run(cfg):
 
 
 def read_config(argv):
-    """The settings, and the checkpoint being resumed (or None): init_from=resume reads the run's saved
-    settings and puts this command line's overrides on top (e.g. a larger max_iters)."""
-    cfg = cli.parse(TrainConfig, argv)
+    """The settings, the checkpoint being resumed (or None) and the keys argv set: init_from=resume reads the run's saved
+    settings and puts this command line's overrides on top (e.g. a larger max_iters). A setting the run would
+    not use, or one a resumed run cannot change, is an error (UNUSED_SETTINGS, check_resumable)."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, given = cli.parse(TrainConfig, argv), cli.given(TrainConfig, argv)
     resume = None
     if cfg.init_from == "resume":
         path = os.path.join(cfg.out_dir, "ckpt.pt")
         if not os.path.exists(path):
             raise FileNotFoundError(f"init_from=resume, but {path} does not exist")
         resume = checkpoint.read(path)
-        cfg = cli.parse(TrainConfig, argv, start=resume["config"])
-    if cfg.mode not in ("pretrain", "finetune") or cfg.adapter.kind not in ("lora", "moelora", "none"):
-        raise cli.ConfigError(f"mode must be pretrain|finetune and adapter.kind lora|moelora|none; got mode="
-                              f"{cfg.mode!r}, adapter.kind={cfg.adapter.kind!r}")
-    return cfg, resume
+        # the run stays in this out_dir, and reads its data where the checkpoint finds it (unless given here)
+        saved = dict(resume["config"], out_dir=cfg.out_dir, data_dir=resume["data"]["data_dir"], base="")
+        cfg = cli.parse(TrainConfig, argv, start=saved)
+        check_resumable(cfg, given, resume)
+    unused = [f"{key} ({why})" for when, keys, why in UNUSED_SETTINGS if when(cfg)
+              for key in sorted(given) if any(key == k or k.endswith(".") and key.startswith(k) for k in keys)]
+    if unused:
+        raise cli.ConfigError("settings this run would not use: " + "; ".join(unused))
+    return cfg, resume, given
+
+
+def check_resumable(cfg, given, resume):
+    """A resumed run continues the saved one: it keeps FIXED_ON_RESUME, has steps left to run, and does not
+    move its learning-rate schedule unless told to."""
+    old = cli.parse(TrainConfig, [], start=resume["config"])
+    get = lambda c, key: functools.reduce(getattr, key.split("."), c)  # noqa: E731
+    changed = [f"{k}={get(cfg, k)!r} (the run has {get(old, k)!r})" for k in FIXED_ON_RESUME
+               if k in given and get(cfg, k) != get(old, k)]
+    if changed:
+        raise cli.ConfigError("a resumed run keeps the settings its weights and data depend on: " + "; ".join(changed)
+                              + "; start a new run in another out_dir to change them")
+    step = resume["iter_num"]
+    if step >= cfg.max_iters:
+        raise cli.ConfigError(f"the run in {cfg.out_dir} is at step {step}, which max_iters={cfg.max_iters} does "
+                              f"not go past: pass a larger --max_iters to continue it")
+    before, after = old.lr_decay_iters or old.max_iters, cfg.lr_decay_iters or cfg.max_iters
+    if before != after and cfg.lr_decay_iters == 0:
+        raise cli.ConfigError(f"max_iters={cfg.max_iters} (the run had {old.max_iters}) would move the learning-rate "
+                              f"schedule, which decays over max_iters while lr_decay_iters=0: pass "
+                              f"--lr_decay_iters={before} to keep it (min_lr after step {before}) or "
+                              f"--lr_decay_iters={after} to stretch it")
+
+
+class StopOnSignal:
+    """Ctrl-C (SIGINT) or SIGTERM while training asks the loop to stop: the step in flight finishes, then the
+    loop saves and stops. Saving at a step boundary is what makes resuming exact: the weights, the optimizer,
+    the RNG states and the step count all belong to one moment (an interrupt inside a step would save the RNG
+    after that step's draws, for a step not done). A second signal stops at once, without saving."""
+
+    def __enter__(self):
+        self.asked, self.previous = False, {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread handles signals
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._ask)
+        return self
+
+    def _ask(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt("stopped at once, without saving: the last checkpoint is the one to resume")
+        self.asked = True
+        os.write(2, b"\nstopping after this step, then saving (again to stop at once, without saving)\n")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    def asked_anywhere(self, run):
+        """Whether any process was asked to stop: they all stop at the same step."""
+        if not run.ddp:
+            return self.asked
+        flag = torch.tensor([float(self.asked)], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def open_log(out_dir, step, resuming):
+    """out_dir/log.jsonl, to append to: a new run starts it afresh; a resumed one keeps the records up to its
+    step (later ones are of steps about to run again, and a killed run may have cut the last line short)."""
+    path = os.path.join(out_dir, "log.jsonl")
+    kept = []
+    if resuming and os.path.exists(path):
+        for line in open(path):
+            with suppress(ValueError):
+                if json.loads(line).get("iter", 0) <= step:
+                    kept.append(line.rstrip("\n") + "\n")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    return open(path, "a")
 
 
 def main(argv=None):
-    cfg, resume = read_config(argv)
+    cfg, resume, given = read_config(argv)
     run = setup_run(cfg)
     master = run.rank == 0
     torch.manual_seed(cfg.seed + run.rank)
-
-    data = Data(cfg.data_dir, cfg.mode, cfg.block_size, cfg.seed)
-    if cfg.mode == "finetune" and cfg.train_on_inputs != data.meta.get("train_on_inputs", False):
-        raise cli.ConfigError(f"train_on_inputs={cfg.train_on_inputs}, but {cfg.data_dir} was prepared with "
-                              f"train_on_inputs={data.meta.get('train_on_inputs')}: re-run data.prepare")
-    model, base = build_model(cfg, data.meta["vocab_size"], resume)
-    data.block_size = model.config.block_size if cfg.mode == "finetune" else cfg.block_size
-    model.to(run.device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), run.device_type)
-    step, best_val = 0, float("inf")
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        step, best_val = resume["iter_num"], resume["best_val_loss"]
-        checkpoint.set_rng_state(resume["rng"])
-    raw_model = model  # saved and inspected: never the compiled or DDP wrapper
-    if cfg.compile:
-        model = torch.compile(model)
-    if run.ddp:
-        model = DDP(model, device_ids=[int(run.device.split(":")[1])] if run.device_type == "cuda" else None)
-
-    def save():
-        state = checkpoint.training_state(raw_model, optimizer, cfg, step, best_val, base, data.meta)
-        checkpoint.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), state)
-
-    counts = moelora.count_parameters(raw_model)
+    # one run at a time in out_dir; a new run never writes over another's checkpoint
+    lock = checkpoint.OutDirLock(cfg.out_dir, resuming=resume is not None) if master else None
     log_file = None
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a")
-        print(f"{cfg.mode} | adapter={cfg.adapter.kind if cfg.mode == 'finetune' else '-'} | device={run.device} "
-              f"x{run.world} | dtype={run.dtype} | params: base {counts['base']:,}, adapter {counts['adapter']:,}, "
-              f"router {counts['router']:,}, trainable {counts['trainable']:,}")
-    t_last, tokens_since = time.time(), 0
     try:
-        while step < cfg.max_iters:
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            (lm, bal, con), tokens = train_step(model, raw_model, data, cfg, step, run)
-            tokens_since += tokens
-            if not math.isfinite(lm + bal + con):
-                # the step is not applied and nothing is saved: the last good checkpoint stays
-                raise FloatingPointError(
-                    f"loss is not finite at step {step} (lm {lm}, balance {bal}, contrastive {con}); stopping. "
-                    f"The last good checkpoint in {cfg.out_dir} is untouched; try a lower lr or dtype=float32, "
-                    f"then init_from=resume.")
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+        data = Data(cfg.data_dir, cfg.mode, cfg.seed)  # its files checked against its meta.json
+        if cfg.mode == "finetune" and cfg.train_on_inputs != data.meta.get("train_on_inputs", False):
+            raise cli.ConfigError(f"train_on_inputs={cfg.train_on_inputs}, but {cfg.data_dir} was prepared with "
+                                  f"train_on_inputs={data.meta.get('train_on_inputs')}: re-run data.prepare")
+        model, base = build_model(cfg, data.meta, resume, given)
+        data.block_size = model.config.block_size
+        model.to(run.device)
+        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), run.device_type)
+        step, best_val, saved_step = 0, float("inf"), None
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            step, best_val = resume["iter_num"], resume["best_val_loss"]
+            saved_step = step
+            checkpoint.set_rng_state(resume["rng"])
+        raw_model = model  # saved and inspected: never the compiled or DDP wrapper
+        if cfg.compile:
+            model = torch.compile(model)
+        if run.ddp:
+            model = DDP(model, device_ids=[int(run.device.split(":")[1])] if run.device_type == "cuda" else None)
 
-            if master and (step % cfg.log_interval == 0 or step == cfg.max_iters):
-                dt = time.time() - t_last
-                record = {"iter": step, "loss": lm, "balance": bal, "contrastive": con, "lr": lr,
-                          "tokens_per_s": tokens_since / dt, "ms_per_iter": 1000 * dt / cfg.log_interval}
-                print(f"iter {step:5d} | loss {lm:.4f} | bal {bal:.3f} | con {con:.3f} | lr {lr:.2e} | "
-                      f"{record['tokens_per_s']:,.0f} tok/s | {record['ms_per_iter']:.0f} ms/iter", flush=True)
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                t_last, tokens_since = time.time(), 0
-            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-                if master:
-                    best_val = min(best_val, evaluate_and_log(raw_model, data, cfg, run, step, log_file))
-                    save()
-                t_last, tokens_since = time.time(), 0
+        def save():
+            nonlocal saved_step
+            state = checkpoint.training_state(raw_model, optimizer, cfg, step, best_val, base, data.meta)
+            checkpoint.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), state)
+            saved_step = step
+
+        counts = moelora.count_parameters(raw_model)
+        if master:
+            log_file = open_log(cfg.out_dir, step, resuming=resume is not None)
+            print(f"{cfg.mode} | adapter={cfg.adapter.kind if cfg.mode == 'finetune' else '-'} | device={run.device} "
+                  f"x{run.world} | dtype={run.dtype} | params: base {counts['base']:,}, adapter {counts['adapter']:,}, "
+                  f"router {counts['router']:,}, trainable {counts['trainable']:,}")
+        t_last, tokens_since = time.time(), 0
+        with StopOnSignal() as stop:
+            while step < cfg.max_iters:
+                if stop.asked_anywhere(run):  # Ctrl-C: saved between two steps, so the resume is exact
+                    if master:
+                        save()
+                    raise KeyboardInterrupt(f"interrupted at step {step}: saved {cfg.out_dir}/ckpt.pt; continue "
+                                            f"with --init_from=resume")
+                lr = lr_at(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                (lm, bal, con), tokens = train_step(model, raw_model, data, cfg, step, run)
+                tokens_since += tokens
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf))
+                if not math.isfinite(lm + bal + con + grad_norm):
+                    # the step is not applied and nothing is saved: the last good checkpoint stays
+                    raise FloatingPointError(
+                        f"loss or gradient not finite at step {step} (lm {lm}, balance {bal}, contrastive {con}, "
+                        f"gradient norm {grad_norm}); stopping. " + (f"{cfg.out_dir}/ckpt.pt (step {saved_step}) "
+                        f"is untouched" if saved_step is not None else "No checkpoint was saved yet") +
+                        "; try a lower lr or dtype=float32, then init_from=resume.")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+
+                if master and (step % cfg.log_interval == 0 or step == cfg.max_iters):
+                    dt = time.time() - t_last
+                    record = {"iter": step, "loss": lm, "balance": bal, "contrastive": con, "lr": lr,
+                              "tokens_per_s": tokens_since / dt, "ms_per_iter": 1000 * dt / cfg.log_interval}
+                    print(f"iter {step:5d} | loss {lm:.4f} | bal {bal:.3f} | con {con:.3f} | lr {lr:.2e} | "
+                          f"{record['tokens_per_s']:,.0f} tok/s | {record['ms_per_iter']:.0f} ms/iter", flush=True)
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    t_last, tokens_since = time.time(), 0
+                if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                    if master:  # a validation loss or weights that are not finite stop the run unsaved
+                        best_val = min(best_val, evaluate_and_log(raw_model, data, cfg, run, step, log_file))
+                        save()
+                    t_last, tokens_since = time.time(), 0
         if run.ddp:  # every process finishes together: one that tears down early can abort the others' exit
             dist.barrier()
-    except KeyboardInterrupt:
-        if master:
-            print(f"\ninterrupted at step {step}: saving a checkpoint to resume from", flush=True)
-            save()
     finally:
         if log_file:
             log_file.close()
+        if lock:
+            lock.release()
         if run.ddp:
             dist.destroy_process_group()
     return raw_model
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (cli.ConfigError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli.run(main)  # an expected error is one line "error: ..." and exit code 1; Ctrl-C exit code 130

@@ -35,6 +35,8 @@ meta.json
      tokens of the fine-tuning files and test items that pretrain_train holds fewer than MIN_CORPUS_COUNT
      times, as text; empty in the default build), "max_prompt_tokens" and "max_output_tokens" ({task:
      longest, over train and test; an output's count includes its closing eot}, to bound decoding)}
+    and "tokenizer_hash" (data.tokenizer.tokenizer_hash: checkpoints record it, and training and evaluation
+    refuse data whose tokenizer is not the one a checkpoint was trained with)
 tokenizer.tiktoken, tokenizer.json
     the BPE in tiktoken's file format, and its split pattern and special tokens; data.tokenizer.load_tokenizer
     (this directory) gives the tiktoken.Encoding
@@ -64,7 +66,6 @@ import dataclasses
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -75,7 +76,7 @@ from data.llm_adapters import prompt
 from data.synthetic import tasks as suite
 from data.synthetic.corpus import make_corpus
 from data.tokenizer import TOKENIZER_FILE, count_words, load_tokenizer, make_encoding
-from data.tokenizer import tiktoken_file_bytes, tokenizer_json_bytes, train_bpe
+from data.tokenizer import tiktoken_file_bytes, tokenizer_hash, tokenizer_json_bytes, train_bpe
 
 PRETRAIN_VAL_FRACTION = 0.05  # share of corpus documents held out as pretrain_val
 # Each token of the suite (its fine-tuning files and test items) should occur this often in pretrain_train:
@@ -93,6 +94,11 @@ class PrepareConfig:
     vocab_size: int = 4096
     tokenizer: str = "bpe"
     rationales: bool = True
+
+    def __post_init__(self):
+        # 256 bytes and <|endoftext|> at least; the token files are uint16
+        cli.check(self, {"out": cli.matching(".+", "a directory"), "scale": cli.above(0),
+                         "vocab_size": cli.between(257, 2 ** 16)})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -252,6 +258,7 @@ def prepare(config):
         "vocab_size": enc.n_vocab,
         "eot_token": enc.eot_token,
         "tokenizer": TOKENIZER_FILE if config.tokenizer == "bpe" else config.tokenizer,
+        "tokenizer_hash": tokenizer_hash(enc),
         "tasks": suite.TASKS,
         "math_tasks": suite.MATH_TASKS,
         "commonsense_tasks": suite.COMMONSENSE_TASKS,
@@ -277,13 +284,31 @@ def prepare(config):
 def ensure(data_dir="out/data", seed=0, **options):
     """meta of the data directory, building it first unless it already holds this build (same options)."""
     config = PrepareConfig(out=str(data_dir), seed=seed, **options)
-    meta_path = Path(data_dir) / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        wanted = {key: value for key, value in dataclasses.asdict(config).items() if key != "out"}
-        if meta.get("config") == wanted and all_files_present(Path(data_dir), meta["files"]):
-            return meta
+    try:
+        meta = read_meta(data_dir)
+    except (FileNotFoundError, ValueError):  # no build there, or a broken one: build it
+        meta = None
+    wanted = {key: value for key, value in dataclasses.asdict(config).items() if key != "out"}
+    if meta and meta.get("config") == wanted and all_files_present(Path(data_dir), meta["files"]):
+        return meta
     return prepare(config)
+
+
+def read_meta(data_dir):
+    """meta.json of a data directory; a missing, unreadable or foreign one is an error that names it."""
+    path = Path(data_dir) / "meta.json"
+    rebuild = f"run python -m data.prepare --out={data_dir}"
+    if not path.is_file():
+        raise FileNotFoundError(f"no prepared data in {data_dir} (no meta.json): {rebuild}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} cannot be read ({e}): {rebuild}") from None
+    missing = [key for key in ("vocab_size", "eot_token", "tokenizer", "tasks", "tokens", "files")
+               if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise ValueError(f"{path} is not data.prepare's meta.json (it lacks {', '.join(missing)}): {rebuild}")
+    return meta
 
 
 def all_files_present(root, files):
@@ -294,9 +319,5 @@ def all_files_present(root, files):
 
 
 if __name__ == "__main__":
-    # a bad option (cli.ConfigError is a ValueError, as are prepare's own) or a missing preset file: one line
-    try:
-        prepare(cli.parse(PrepareConfig, sys.argv[1:]))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    # a bad option, a file that cannot be written: one line "error: ..." (cli.run)
+    cli.run(lambda argv: prepare(cli.parse(PrepareConfig, argv)))

@@ -23,6 +23,7 @@ Use:
 """
 
 import base64
+import hashlib
 import heapq
 import json
 import math
@@ -36,6 +37,10 @@ import tiktoken
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 EOT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.tiktoken"
+
+
+class EncodingUnavailable(RuntimeError, OSError):
+    """tiktoken could not load an encoding's files (offline): an OSError, so scripts report it in a line."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,6 +140,18 @@ def tokenizer_json_bytes(name, vocab, pattern=GPT2_PATTERN):
     """The side file load_tokenizer reads next to the .tiktoken file: name, split pattern, special tokens."""
     info = {"name": name, "pat_str": pattern, "special_tokens": {EOT: len(vocab)}}
     return (json.dumps(info, indent=2) + "\n").encode("utf-8")
+
+
+def tokenizer_hash(enc):
+    """A short hash of what makes an encoding's ids mean what they mean (its tokens and their ranks, its split
+    pattern, its special tokens): prepare stores it in meta.json, training in every checkpoint, so that a model
+    is never used with data another tokenizer made."""
+    h = hashlib.sha256(enc._pat_str.encode())
+    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda item: item[1]):
+        h.update(b"%d %s\n" % (rank, base64.b64encode(token)))
+    for token, rank in sorted(enc._special_tokens.items()):
+        h.update(b"%d special %s\n" % (rank, token.encode()))
+    return h.hexdigest()[:16]
 
 
 def read_tiktoken_file(path):
@@ -278,7 +295,7 @@ def get_encoding(name):
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:
-        raise RuntimeError(
+        raise EncodingUnavailable(
             f"tiktoken could not load the {name!r} encoding ({type(e).__name__}: {e}).\n"
             f"tiktoken downloads it once and keeps it in its cache. On a machine with internet, run\n"
             f"    TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; tiktoken.get_encoding('{name}')\"\n"

@@ -93,14 +93,18 @@ def write_lengths(directory, name, n_examples, seed, vocab_size):
     which = rng.choice(len(bins), size=n_examples, p=[share for _, _, share in bins])
     sizes = np.array([rng.integers(bins[b][0], bins[b][1]) for b in which])
     os.makedirs(directory, exist_ok=True)
+    counts = {}
     for split in ("train", "val"):
         tokens = rng.integers(0, vocab_size, sizes.sum(), dtype=np.uint16)
+        counts[f"finetune_{split}"] = len(tokens)
         tokens.tofile(os.path.join(directory, f"finetune_{split}.bin"))
         np.ones(sizes.sum(), dtype=np.uint8).tofile(os.path.join(directory, f"finetune_{split}_mask.bin"))
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         offsets.tofile(os.path.join(directory, f"finetune_{split}_idx.bin"))
     with open(os.path.join(directory, "meta.json"), "w") as f:
-        json.dump({"vocab_size": vocab_size, "train_on_inputs": True, "lengths": name}, f)
+        # the fields train.Data checks; nothing here is tokenized, so there is no tokenizer or task to name
+        json.dump({"vocab_size": vocab_size, "eot_token": vocab_size - 1, "tokenizer": None, "tasks": [],
+                   "tokens": counts, "files": {}, "train_on_inputs": True, "lengths": name}, f)
     return directory
 
 
@@ -124,8 +128,9 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
     adapter = adapter_config(kind)
     moelora.inject(gpt, adapter)
     moelora.mark_only_adapters_trainable(gpt)
-    tcfg = train.TrainConfig(mode="finetune", batch_size=cfg.batch_size, device=device, adapter=adapter,
-                             train_on_inputs=True)
+    # the settings train_step reads; init_from names the shape only (the random model above is what trains)
+    tcfg = train.TrainConfig(mode="finetune", init_from="gpt2", batch_size=cfg.batch_size, device=device,
+                             adapter=adapter, train_on_inputs=True)
     run = train.setup_run(tcfg)
     optimizer = gpt.configure_optimizers(0.0, 3e-4, (0.9, 0.99), run.device_type)
     cuda = run.device_type == "cuda"
@@ -148,7 +153,8 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
     row = {"size": size, "adapter": kind, "batch": cfg.batch_size, "params": counts["base"],
            "trainable": counts["trainable"], "full_length_step_s": step(FullLength(vocab_size), 0)[0]}
     for name, directory in data_dirs.items():
-        data = train.Data(directory, "finetune", 1024, seed=1)
+        data = train.Data(directory, "finetune", seed=1)
+        data.block_size = 1024
         for i in range(cfg.warmup):
             step(data, 1 + i)
         timed = [step(data, 100 + i) for i in range(cfg.steps)]

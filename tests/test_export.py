@@ -236,7 +236,9 @@ def adapter_checkpoint(path, base_dir, cfg):
     base = model.GPT.from_pretrained(base_dir)
     checkpoint.save_checkpoint(str(path), {"kind": "adapter", "model": moelora.adapter_state_dict(m),
                                       "model_args": dataclasses.asdict(m.config), "adapter": dataclasses.asdict(cfg),
-                                      "base": {"init_from": base_dir, "fingerprint": checkpoint.fingerprint(base)}})
+                                      "base": {"init_from": base_dir, "fingerprint": checkpoint.fingerprint(base)},
+                                      # what resuming would need; export reads none of it
+                                      "optimizer": {}, "config": {}, "iter_num": 0, "rng": {}, "data": {"data_dir": str(path.parent)}})
     return m
 
 

@@ -341,12 +341,36 @@ def _subsample(n_tokens, n_keep, device):
     return torch.randperm(n_tokens, device=device)[:n_keep]
 
 
-def _expert_outputs(x, A, B):
-    """Every expert's unit-length output B_e A_e x for each token: (S, d_in) -> (S, E, d_out), float32."""
-    o = torch.einsum("erd,sd->ser", A.float(), x.float())  # (S, E, r)
-    o = torch.einsum("eor,ser->seo", B.float(), o)  # (S, E, d_out)
-    # at init B = 0, so o = 0: eps keeps the unit vectors (and their gradient) finite until B moves
-    return F.normalize(o, dim=-1, eps=1e-6)
+def _rank_space(x, A, B, expert):
+    """Stand-ins u for the outputs o = B_e A_e x of each token's slots, with no d_out-sized tensor.
+
+    x (S, d_in); expert (S, k) long, the expert in each of a token's k slots. Returns, in float32
+    (float64 for float64 inputs, as in the tests):
+      u (S, k, E*r): h = A_e x in expert e's r columns, zeros elsewhere, so that o = B_cat u
+      G (E*r, E*r):  the Gram matrix B_cat^T B_cat, so that <o, o'> = u^T G u' (block G_ef = B_e^T B_f)
+    with B_cat = [B_1 ... B_E] (d_out, E*r), as in moelora_ref.
+    """
+    E, r, d_in = A.shape
+    x, A, B = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (x, A, B))
+    # float32 under autocast too: these products are small, and in bfloat16 they lose the cosines' precision
+    with torch.autocast(x.device.type, enabled=False):
+        h = (x @ A.reshape(E * r, d_in).T).view(-1, 1, E, r)  # (S, 1, E, r) every expert's A_e x
+        u = (h * F.one_hot(expert, E)[..., None].to(h.dtype)).flatten(2)  # (S, k, E*r)
+        B_cat = B.permute(1, 0, 2).reshape(-1, E * r)  # (d_out, E*r)
+        return u, B_cat.T @ B_cat
+
+
+def _cosines(u, G, eps=1e-6):
+    """Cosines between the outputs o = B_cat u of n slots, u (..., n, E*r), from their dot products u^T G u'.
+
+    Each norm is clamped below at eps, as F.normalize(o, eps=eps) has it. At init B = 0, so every o = 0:
+    the clamp sits before the square root, which keeps the gradient 0 there, as F.normalize's is, rather
+    than 0 * inf = NaN.
+    """
+    with torch.autocast(u.device.type, enabled=False):
+        dots = u @ G @ u.mT  # (..., n, n)
+    norm = dots.diagonal(dim1=-2, dim2=-1).clamp(min=eps * eps).sqrt()  # (..., n) max(||o||, eps)
+    return dots / (norm[..., :, None] * norm[..., None, :])  # (..., n, n)
 
 
 def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens, top_k):
@@ -358,22 +382,23 @@ def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens, top_k):
     x (N, d_in), A (E, r, d_in), B (E, d_out, r), chosen (N, E) bool; top_k: the slots per token (a token
     with fewer chosen experts leaves slots empty; one with more contributes top_k of them).
 
-    The outputs sit in a fixed S x top_k grid of slots, empty ones masked out, rather than being selected:
-    no shape depends on the routing, so there is no host synchronisation and torch.compile can trace it.
+    How: only the outputs' cosines are needed, and those come from rank space (_rank_space, _cosines),
+    E*r multiply-adds per pair of outputs rather than d_out. The outputs sit in a fixed S x top_k grid of slots, empty
+    ones masked out, rather than being selected: no shape depends on the routing, so there is no host
+    synchronisation and torch.compile can trace it.
     """
     keep = _subsample(x.shape[0], n_tokens, x.device)
-    o = _expert_outputs(x[keep], A, B)  # (S, E, d_out)
-    S, _, d_out = o.shape
     filled, expert = chosen[keep].float().topk(top_k, dim=1)  # (S, k): each token's chosen experts first
-    z = o.gather(1, expert[:, :, None].expand(S, top_k, d_out)).reshape(S * top_k, d_out)  # (M, d_out)
+    u, G = _rank_space(x[keep], A, B, expert)  # (S, k, E*r), (E*r, E*r)
+    cos = _cosines(u.flatten(0, 1), G)  # (M, M) between all M = S * k slots
     valid = filled.reshape(-1) > 0  # (M,) slots holding a chosen expert's output
     label = expert.reshape(-1)  # (M,) the expert of each slot
-    self_pair = torch.eye(S * top_k, dtype=torch.bool, device=x.device)  # (M, M)
+    self_pair = torch.eye(cos.shape[0], dtype=torch.bool, device=x.device)  # (M, M)
     others = valid[None, :] & ~self_pair  # (M, M) what each output is contrasted with
     positive = others & (label[:, None] == label[None, :])  # (M, M) the same expert on other tokens
     # an output with nothing to contrast keeps itself in the softmax, only to stay finite (it is no anchor)
     in_softmax = others | (self_pair & ~others.any(1, keepdim=True))
-    sim = (z @ z.T / tau).masked_fill(~in_softmax, float("-inf"))  # (M, M)
+    sim = (cos / tau).masked_fill(~in_softmax, float("-inf"))  # (M, M)
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (M, M)
     n_pos = positive.sum(1)  # (M,)
     anchor = valid & (n_pos > 0)  # (M,) chosen outputs with at least one positive
@@ -385,18 +410,22 @@ def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens, top_k):
 def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens, top_k=None):
     """CoMoE's contrastive loss (arXiv 2505.17553, Eq. 12), per token.
 
-    Anchor: an activated expert's output q; positives P: the token's other activated experts; negatives
-    N: its inactivated experts.
+    Anchor: an activated expert's unit-length output q; positives P: the token's other activated experts;
+    negatives N: its inactivated experts.
       L = -log( sum_P exp(q.p / tau) / (sum_{P+N} exp(q.z / tau) + 1e-3) )
     Every activated expert takes the anchor's place in turn and the losses are averaged, which makes the
     loss independent of the order of the experts. Needs top_k >= 2 (a positive) to be informative.
     x, A, B, chosen as in contrastive_loss_expert; top_k is not needed (every expert takes part).
+
+    How: on a random subsample of tokens, the E x E cosines of each token's expert outputs come from rank
+    space (_rank_space, _cosines), E*r multiply-adds per pair of outputs rather than d_out.
     """
     keep = _subsample(x.shape[0], n_tokens, x.device)
-    o = _expert_outputs(x[keep], A, B)  # (S, E, d_out)
     mask = chosen[keep]  # (S, E)
-    sim = torch.einsum("sad,sbd->sab", o, o) / tau  # (S, E, E): anchor a against expert b
-    not_self = ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)  # (E, E)
+    S, E = mask.shape
+    u, G = _rank_space(x[keep], A, B, torch.arange(E, device=x.device).expand(S, E))  # (S, E, E*r), (E*r, E*r)
+    sim = _cosines(u, G) / tau  # (S, E, E): anchor a against expert b, within each token
+    not_self = ~torch.eye(E, dtype=torch.bool, device=mask.device)  # (E, E)
     positive = mask[:, None, :] & not_self  # (S, E, E): b activated, b != a
     # exp(sim) <= exp(1 / tau), about 1.6e6 at tau = 0.07: no overflow in float32
     numerator = (sim.exp() * positive).sum(-1)  # (S, E)

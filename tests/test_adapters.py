@@ -199,89 +199,7 @@ def test_bad_adapter_arguments():
 
 
 # --------------------------------------------------------------------------------------------------
-# the auxiliary losses
-
-def test_balance_loss_is_one_when_uniform_and_grows_with_imbalance():
-    E, N = 4, 8
-    probs = torch.full((N, E), 1.0 / E)
-    chosen = torch.zeros(N, E, dtype=torch.bool)
-    chosen[torch.arange(N), torch.arange(N) % E] = True  # each expert gets N/E tokens
-    torch.testing.assert_close(moelora.balance_loss(probs, chosen), torch.tensor(1.0))
-    losses = []
-    for skew in (0.25, 0.5, 0.75, 0.97):  # more and more probability and load on expert 0
-        p = torch.full((N, E), (1 - skew) / (E - 1))
-        p[:, 0] = skew
-        c = torch.zeros(N, E, dtype=torch.bool)
-        n0 = round(skew * N)
-        c[:n0, 0] = True
-        c[torch.arange(n0, N), 1 + torch.arange(N - n0) % (E - 1)] = True
-        losses.append(moelora.balance_loss(p, c).item())
-    assert losses[0] == pytest.approx(1.0) and all(a < b for a, b in zip(losses, losses[1:]))
-    assert losses[-1] > 3.0  # close to E when everything goes to one expert
-
-
-def expert_setup(identical, E=4, d=16, N=32, seed=0):
-    """Experts whose outputs point along orthogonal axes (identical=False) or all the same way."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, d, generator=g)
-    A = torch.randn(E, 1, d, generator=g)
-    B = torch.zeros(E, d, 1)
-    for e in range(E):
-        B[e, 0 if identical else e, 0] = 1.0
-    if identical:
-        A[:] = A[0]
-    chosen = torch.zeros(N, E, dtype=torch.bool)
-    chosen[torch.arange(N), torch.arange(N) % E] = True
-    chosen[torch.arange(N), (torch.arange(N) + 1) % E] = True
-    return x, A, B, chosen
-
-
-def test_expert_contrastive_lower_for_orthogonal_experts():
-    orthogonal = moelora.contrastive_loss_expert(*expert_setup(identical=False), 0.07, 256, 2)
-    identical = moelora.contrastive_loss_expert(*expert_setup(identical=True), 0.07, 256, 2)
-    assert torch.isfinite(orthogonal) and torch.isfinite(identical)
-    assert orthogonal < identical - 1.0, (orthogonal, identical)
-
-
-def test_comoe_contrastive_lower_when_active_experts_agree():
-    # CoMoE pulls a token's activated experts together and pushes its inactivated ones away
-    N, E, d = 24, 4, 8
-    x = torch.randn(N, d, generator=torch.Generator().manual_seed(0))
-    A = torch.ones(E, 1, d)
-    chosen = torch.zeros(N, E, dtype=torch.bool)
-    chosen[:, :2] = True  # every token on experts 0 and 1
-    agree = torch.zeros(E, d, 1)
-    agree[0, 0, 0] = agree[1, 0, 0] = agree[2, 2, 0] = agree[3, 3, 0] = 1.0
-    same = torch.zeros(E, d, 1)
-    same[:, 0, 0] = 1.0
-    low = moelora.contrastive_loss_comoe(x, A, agree, chosen, 0.07, 256)
-    high = moelora.contrastive_loss_comoe(x, A, same, chosen, 0.07, 256)
-    assert torch.isfinite(low) and torch.isfinite(high)
-    assert low < 0.01 and high == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-3)
-
-
-@pytest.mark.parametrize("variant", ["expert", "comoe"])
-def test_contrastive_invariant_to_expert_order(variant):
-    loss = moelora.CONTRASTIVE_LOSSES[variant]
-    g = torch.Generator().manual_seed(4)
-    x, A, B = torch.randn(20, 12, generator=g), torch.randn(5, 3, 12, generator=g), torch.randn(5, 7, 3, generator=g)
-    chosen = torch.zeros(20, 5, dtype=torch.bool).scatter_(1, torch.randn(20, 5, generator=g).topk(2, -1).indices, True)
-    perm = torch.tensor([3, 0, 4, 1, 2])
-    a = loss(x, A, B, chosen, 0.1, 256, 2)
-    b = loss(x, A[perm], B[perm], chosen[:, perm], 0.1, 256, 2)
-    assert torch.isfinite(a)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("variant", ["expert", "comoe"])
-def test_contrastive_finite_with_gradient_at_init(variant):
-    # at init B = 0: every expert output is zero; the loss must stay finite, and so must its gradient
-    layer = moelora.MoELoRALinear(nn.Linear(16, 8), n_experts=4, top_k=2, r=2, alpha=2.0, contrastive=variant)
-    layer(torch.randn(30, 16))
-    loss = layer.aux_losses["contrastive"]
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(layer.lora_B.grad).all()
-
+# the auxiliary losses in a model (the losses themselves: test_losses.py)
 
 def test_collect_aux_averages_layers():
     m = moelora.inject(tiny_gpt(), KINDS["moelora"]).train()
@@ -316,28 +234,3 @@ def test_equal_params_moelora_matches_lora():
     assert moe["base"] == lora["base"]
     with pytest.raises(ValueError, match="cannot be split"):
         moelora.equal_params_moelora(moelora.AdapterConfig(kind="lora", r=6), n_experts=4, top_k=2)
-
-
-def contrastive_expert_by_selection(x, A, B, chosen, tau):
-    """The expert contrastive loss the obvious way: select the chosen outputs, loop over anchors."""
-    o = torch.nn.functional.normalize(torch.einsum("eor,erd,sd->seo", B, A, x), dim=-1, eps=1e-6)
-    z, labels = o[chosen], chosen.nonzero()[:, 1]
-    losses = []
-    for i in range(len(z)):
-        others = [j for j in range(len(z)) if j != i]
-        positives = [j for j in others if labels[j] == labels[i]]
-        if not positives:
-            continue
-        log_denominator = torch.logsumexp(torch.stack([z[i] @ z[j] / tau for j in others]), 0)
-        losses.append(-torch.stack([z[i] @ z[j] / tau - log_denominator for j in positives]).mean())
-    return torch.stack(losses).mean()
-
-
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_expert_contrastive_equals_selection_loop(k):
-    g = torch.Generator().manual_seed(k)
-    x, A, B = torch.randn(9, 6, generator=g), torch.randn(4, 2, 6, generator=g), torch.randn(4, 5, 2, generator=g)
-    chosen = torch.zeros(9, 4, dtype=torch.bool).scatter_(1, torch.randn(9, 4, generator=g).topk(k, -1).indices, True)
-    chosen[0] = False  # a token with no expert, as a custom router may produce
-    fast = moelora.contrastive_loss_expert(x, A, B, chosen, 0.2, 256, top_k=k)
-    torch.testing.assert_close(fast, contrastive_expert_by_selection(x, A, B, chosen, 0.2), rtol=1e-5, atol=1e-6)

@@ -218,8 +218,7 @@ class Router(nn.Module):
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
         # the matmul reads x in its own dtype (a float32 copy of a bf16 x would cost more than the adapter)
         # and accumulates in float32; the softmax, where routing decisions are made, runs in float32
-        logits = F.linear(x, self.weight.to(x.dtype)).float()  # (N, E)
-        probs = F.softmax(logits, dim=-1)  # (N, E)
+        probs = F.softmax(F.linear(x, self.weight.to(x.dtype)), dim=-1, dtype=torch.float32)  # (N, E)
         gates, chosen = self.select(probs)
         return Routing(gates=gates, probs=probs, chosen=chosen)
 
@@ -244,11 +243,11 @@ ROUTERS = {"topk": Router}
 class MoELoRALinear(nn.Module):
     """y = base(x) + scaling * sum_e g_e(x) * B_e A_e dropout(x), with base frozen.
 
-    After each forward the layer keeps, for the training loss and for logging:
+    After each forward the layer keeps its routing (and, training, its input) for the training loss and
+    for logging, and computes from them when asked:
       aux_losses: {"balance": scalar, "contrastive": scalar (training only, when enabled)}
       routing_stats: {"load": (E,) fraction of (token, slot) pairs per expert, "entropy": scalar}
-        (computed when asked for, so that steps which do not log pay nothing for them)
-    moelora.collect_aux(model) gathers them from every layer.
+    moelora.collect_aux(model) computes them for every layer at once, batched over layers.
     """
 
     def __init__(self, base, n_experts, top_k, r, alpha, dropout=0.0, router="topk", router_jitter=0.0,
@@ -279,8 +278,7 @@ class MoELoRALinear(nn.Module):
         self.contrastive_tau = contrastive_tau
         self.contrastive_tokens = contrastive_tokens
         self.impl = impl
-        self.aux_losses = {}
-        self._last_routing = None
+        self._step = None  # (routing, x or None) of the last forward, for the auxiliary losses
 
     def forward(self, x):
         y = self.base(x)
@@ -291,24 +289,26 @@ class MoELoRALinear(nn.Module):
         xd = self.dropout(x).to(dtype)
         A, B = self.lora_A.to(dtype), self.lora_B.to(dtype)
         delta = moelora(xd, A, B, routing.gates.to(dtype), self.scaling, impl=self.impl)  # (N, d_out)
-        self._record(routing, xd, A, B)
+        # what the auxiliary losses need, kept for collect_aux, which computes them for all layers at once
+        self._step = (routing, xd if self.training and self.contrastive != "none" else None)
         return y + delta.view(*shape[:-1], -1)
 
-    def _record(self, routing, x, A, B):
-        """Keep this step's auxiliary losses, and its routing for the statistics, on the layer."""
-        self.aux_losses = {"balance": balance_loss(routing.probs, routing.chosen)}
-        if self.training and self.contrastive != "none":
-            self.aux_losses["contrastive"] = CONTRASTIVE_LOSSES[self.contrastive](
-                x, A, B, routing.chosen, self.contrastive_tau, self.contrastive_tokens, self.top_k)
-        self._last_routing = (routing.probs.detach(), routing.chosen)
+    @property
+    def aux_losses(self):
+        """This layer's auxiliary losses from its last forward: {"balance", "contrastive" (training only,
+        when enabled)}, computed when asked (collect_aux computes every layer's at once)."""
+        if self._step is None:
+            return {}
+        terms = aux_terms([self])
+        return {k: v[0] for k, v in terms.items() if v is not None}
 
     @property
     def routing_stats(self):
         """Expert load (E,), the share of (token, slot) pairs each expert got, and the router's mean entropy
         (nats; ln E is uniform), over the tokens of the last forward."""
-        if self._last_routing is None:
+        if self._step is None:
             return {}
-        probs, chosen = self._last_routing
+        probs, chosen = self._step[0].probs.detach(), self._step[0].chosen
         load = chosen.float().sum(0) / chosen.float().sum()  # (E,) sums to 1
         entropy = -(probs * probs.clamp(min=1e-9).log()).sum(-1).mean()
         return {"load": load, "entropy": entropy}
@@ -326,51 +326,13 @@ def balance_loss(probs, chosen):
 
     f_e: fraction of (token, slot) pairs routed to expert e (counts, no gradient)
     P_e: mean router probability of expert e (carries the gradient to the router)
-    probs (N, E), chosen (N, E) bool.
+    probs (..., N, E), chosen (..., N, E) bool -> (...): leading dimensions are layers computed at once.
     """
-    E = probs.shape[1]
-    f = chosen.float().sum(0) / chosen.float().sum()  # (E,)
-    P = probs.mean(0)  # (E,)
-    return E * (f * P).sum()
-
-
-def _subsample(n_tokens, n_keep, device):
-    """Indices of at most n_keep tokens, drawn at random (the contrastive losses use a subsample)."""
-    if n_tokens <= n_keep:
-        return torch.arange(n_tokens, device=device)
-    return torch.randperm(n_tokens, device=device)[:n_keep]
-
-
-def _rank_space(x, A, B, expert):
-    """Stand-ins u for the outputs o = B_e A_e x of each token's slots, with no d_out-sized tensor.
-
-    x (S, d_in); expert (S, k) long, the expert in each of a token's k slots. Returns, in float32
-    (float64 for float64 inputs, as in the tests):
-      u (S, k, E*r): h = A_e x in expert e's r columns, zeros elsewhere, so that o = B_cat u
-      G (E*r, E*r):  the Gram matrix B_cat^T B_cat, so that <o, o'> = u^T G u' (block G_ef = B_e^T B_f)
-    with B_cat = [B_1 ... B_E] (d_out, E*r), as in moelora_ref.
-    """
-    E, r, d_in = A.shape
-    x, A, B = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (x, A, B))
-    # float32 under autocast too: these products are small, and in bfloat16 they lose the cosines' precision
-    with torch.autocast(x.device.type, enabled=False):
-        h = (x @ A.reshape(E * r, d_in).T).view(-1, 1, E, r)  # (S, 1, E, r) every expert's A_e x
-        u = (h * F.one_hot(expert, E)[..., None].to(h.dtype)).flatten(2)  # (S, k, E*r)
-        B_cat = B.permute(1, 0, 2).reshape(-1, E * r)  # (d_out, E*r)
-        return u, B_cat.T @ B_cat
-
-
-def _cosines(u, G, eps=1e-6):
-    """Cosines between the outputs o = B_cat u of n slots, u (..., n, E*r), from their dot products u^T G u'.
-
-    Each norm is clamped below at eps, as F.normalize(o, eps=eps) has it. At init B = 0, so every o = 0:
-    the clamp sits before the square root, which keeps the gradient 0 there, as F.normalize's is, rather
-    than 0 * inf = NaN.
-    """
-    with torch.autocast(u.device.type, enabled=False):
-        dots = u @ G @ u.mT  # (..., n, n)
-    norm = dots.diagonal(dim1=-2, dim2=-1).clamp(min=eps * eps).sqrt()  # (..., n) max(||o||, eps)
-    return dots / (norm[..., :, None] * norm[..., None, :])  # (..., n, n)
+    E = probs.shape[-1]
+    counts = chosen.float().sum(-2)  # (..., E)
+    f = counts / counts.sum(-1, keepdim=True)  # (..., E)
+    P = probs.mean(-2)  # (..., E)
+    return E * (f * P).sum(-1)
 
 
 def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens, top_k):
@@ -382,29 +344,9 @@ def contrastive_loss_expert(x, A, B, chosen, tau, n_tokens, top_k):
     x (N, d_in), A (E, r, d_in), B (E, d_out, r), chosen (N, E) bool; top_k: the slots per token (a token
     with fewer chosen experts leaves slots empty; one with more contributes top_k of them).
 
-    How: only the outputs' cosines are needed, and those come from rank space (_rank_space, _cosines),
-    E*r multiply-adds per pair of outputs rather than d_out. The outputs sit in a fixed S x top_k grid of slots, empty
-    ones masked out, rather than being selected: no shape depends on the routing, so there is no host
-    synchronisation and torch.compile can trace it.
+    How: contrastive_losses, for one layer (training computes every layer's at once).
     """
-    keep = _subsample(x.shape[0], n_tokens, x.device)
-    filled, expert = chosen[keep].float().topk(top_k, dim=1)  # (S, k): each token's chosen experts first
-    u, G = _rank_space(x[keep], A, B, expert)  # (S, k, E*r), (E*r, E*r)
-    cos = _cosines(u.flatten(0, 1), G)  # (M, M) between all M = S * k slots
-    valid = filled.reshape(-1) > 0  # (M,) slots holding a chosen expert's output
-    label = expert.reshape(-1)  # (M,) the expert of each slot
-    self_pair = torch.eye(cos.shape[0], dtype=torch.bool, device=x.device)  # (M, M)
-    others = valid[None, :] & ~self_pair  # (M, M) what each output is contrasted with
-    positive = others & (label[:, None] == label[None, :])  # (M, M) the same expert on other tokens
-    # an output with nothing to contrast keeps itself in the softmax, only to stay finite (it is no anchor)
-    in_softmax = others | (self_pair & ~others.any(1, keepdim=True))
-    sim = (cos / tau).masked_fill(~in_softmax, float("-inf"))  # (M, M)
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (M, M)
-    n_pos = positive.sum(1)  # (M,)
-    anchor = valid & (n_pos > 0)  # (M,) chosen outputs with at least one positive
-    # mean log-probability of each anchor's positives, then the mean over anchors
-    per_anchor = torch.where(positive, log_prob, 0.0).sum(1) / n_pos.clamp(min=1)  # (M,)
-    return -(per_anchor * anchor).sum() / anchor.sum().clamp(min=1)
+    return contrastive_losses("expert", [x], [A], [B], [chosen], tau, n_tokens, top_k)[0]
 
 
 def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens, top_k=None):
@@ -415,46 +357,156 @@ def contrastive_loss_comoe(x, A, B, chosen, tau, n_tokens, top_k=None):
       L = -log( sum_P exp(q.p / tau) / (sum_{P+N} exp(q.z / tau) + 1e-3) )
     Every activated expert takes the anchor's place in turn and the losses are averaged, which makes the
     loss independent of the order of the experts. Needs top_k >= 2 (a positive) to be informative.
-    x, A, B, chosen as in contrastive_loss_expert; top_k is not needed (every expert takes part).
+    x, A, B, chosen as in contrastive_loss_expert, on a random subsample of tokens; top_k is not needed
+    (every expert takes part).
 
-    How: on a random subsample of tokens, the E x E cosines of each token's expert outputs come from rank
-    space (_rank_space, _cosines), E*r multiply-adds per pair of outputs rather than d_out.
+    How: contrastive_losses, for one layer (training computes every layer's at once).
     """
-    keep = _subsample(x.shape[0], n_tokens, x.device)
-    mask = chosen[keep]  # (S, E)
-    S, E = mask.shape
-    u, G = _rank_space(x[keep], A, B, torch.arange(E, device=x.device).expand(S, E))  # (S, E, E*r), (E*r, E*r)
-    sim = _cosines(u, G) / tau  # (S, E, E): anchor a against expert b, within each token
-    not_self = ~torch.eye(E, dtype=torch.bool, device=mask.device)  # (E, E)
-    positive = mask[:, None, :] & not_self  # (S, E, E): b activated, b != a
-    # exp(sim) <= exp(1 / tau), about 1.6e6 at tau = 0.07: no overflow in float32
-    numerator = (sim.exp() * positive).sum(-1)  # (S, E)
-    denominator = (sim.exp() * not_self).sum(-1) + 1e-3  # (S, E): P + N, every expert but the anchor
-    loss = -(numerator / denominator).clamp(min=1e-30).log()  # (S, E)
-    # the mean over (token, activated anchor) pairs, written with a mask: no routing-dependent shape
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
+    return contrastive_losses("comoe", [x], [A], [B], [chosen], tau, n_tokens, top_k)[0]
 
 
 CONTRASTIVE_LOSSES = {"expert": contrastive_loss_expert, "comoe": contrastive_loss_comoe}
 
 
+def contrastive_losses(variant, xs, As, Bs, chosens, tau, n_tokens, top_k):
+    """The contrastive loss ("expert" or "comoe") of L layers at once: lists of each layer's x (N, d_in),
+    A (E, r, d_in), B (E, d_out, r), chosen (N, E), sharing N, E and r (d_in and d_out may differ).
+    Returns (L,), each layer's loss on its own random subsample of n_tokens tokens.
+
+    Only the cosines of expert outputs o = B_e A_e x are needed, and those come from rank space: with
+    h = A_e x (r values) and the Gram matrix G = B_cat^T B_cat (E*r x E*r), <B_e h, B_f h'> = h^T G_ef h'.
+    No (S, E, d_out) tensor is built, and after the per-layer h and G everything runs batched over layers:
+    a few dozen ops for the whole model instead of per layer. No shape depends on the routing (empty
+    slots are masked), so there is no host synchronisation and torch.compile can trace it.
+    """
+    (N, E), device = chosens[0].shape, chosens[0].device
+    keep = _subsample(N, n_tokens, device, len(xs))  # (L, S)
+    chosen = torch.stack(chosens).gather(1, keep[:, :, None].expand(-1, -1, E))  # (L, S, E)
+    h, G = _rank_space(xs, As, Bs, keep)  # (L, S, E, r), (L, E*r, E*r)
+    if variant == "expert":
+        return _expert_infonce(h, G, chosen, tau, top_k)
+    return _comoe(h, G, chosen, tau)
+
+
+def _subsample(n_tokens, n_keep, device, n_layers=1):
+    """(n_layers, S) token indices, each row at most n_keep tokens drawn at random without replacement
+    (the n_keep largest of uniform random numbers: one draw for every layer at once)."""
+    if n_tokens <= n_keep:
+        return torch.arange(n_tokens, device=device).expand(n_layers, n_tokens)
+    return torch.rand(n_layers, n_tokens, device=device).topk(n_keep, dim=1).indices
+
+
+def _rank_space(xs, As, Bs, keep):
+    """Per layer, h = A_e x for the kept tokens, and G = B_cat^T B_cat with B_cat = [B_1 ... B_E] (d_out, E*r)
+    as in moelora_ref, stacked over layers: (L, S, E, r) and (L, E*r, E*r). In float32 (float64 for
+    float64 inputs, as in the tests), under autocast too: the products are small, and in bfloat16 they
+    would lose the cosines' precision."""
+    up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731
+    E, r, _ = As[0].shape
+    with torch.autocast(keep.device.type, enabled=False):
+        h = torch.stack([up(x[k]) @ up(A).reshape(E * r, -1).T for x, A, k in zip(xs, As, keep)])  # (L, S, E*r)
+        B_cat = [up(B).permute(1, 0, 2).reshape(-1, E * r) for B in Bs]  # each (d_out, E*r)
+        G = torch.stack([b.T @ b for b in B_cat])  # (L, E*r, E*r)
+    return h.view(*h.shape[:2], E, r), G
+
+
+def _cosines(u, G, eps=1e-6):
+    """Cosines between the outputs o = B_cat u of n slots, u (L, ..., n, E*r) (a slot's h in its expert's r
+    columns, zeros elsewhere), from their dot products u^T G u'; G (L, E*r, E*r).
+
+    Each norm is clamped below at eps, as F.normalize(o, eps=eps) has it. At init B = 0, so every o = 0:
+    the clamp sits before the square root, which keeps the gradient 0 there, as F.normalize's is, rather
+    than 0 * inf = NaN.
+    """
+    G = G.view(G.shape[0], *[1] * (u.dim() - 3), *G.shape[1:])  # broadcast over u's middle dimensions
+    with torch.autocast(u.device.type, enabled=False):
+        dots = u @ G @ u.mT  # (L, ..., n, n)
+    norm = dots.diagonal(dim1=-2, dim2=-1).clamp(min=eps * eps).sqrt()  # (L, ..., n) max(||o||, eps)
+    return dots / (norm[..., :, None] * norm[..., None, :])  # (L, ..., n, n)
+
+
+def _expert_infonce(h, G, chosen, tau, top_k):
+    """contrastive_loss_expert's InfoNCE per layer, from h (L, S, E, r), G, chosen (L, S, E) -> (L,).
+
+    The outputs sit in a fixed S x top_k grid of slots per layer, empty ones masked out, rather than
+    being selected."""
+    L, S, E, r = h.shape
+    filled, expert = chosen.float().topk(top_k, dim=-1)  # (L, S, k): each token's chosen experts first
+    one_hot = F.one_hot(expert, E)[..., None].to(h.dtype)  # (L, S, k, E, 1)
+    u = (h[:, :, None] * one_hot).reshape(L, S * top_k, E * r)  # (L, M, E*r), M = S * k slots
+    cos = _cosines(u, G)  # (L, M, M)
+    valid = filled.reshape(L, -1) > 0  # (L, M) slots holding a chosen expert's output
+    label = expert.reshape(L, -1)  # (L, M) the expert of each slot
+    self_pair = torch.eye(S * top_k, dtype=torch.bool, device=h.device)  # (M, M)
+    others = valid[:, None, :] & ~self_pair  # (L, M, M) what each output is contrasted with
+    positive = others & (label[:, :, None] == label[:, None, :])  # (L, M, M) the same expert on other tokens
+    # an output with nothing to contrast keeps itself in the softmax, only to stay finite (it is no anchor)
+    in_softmax = others | (self_pair & ~others.any(-1, keepdim=True))
+    sim = (cos / tau).masked_fill(~in_softmax, float("-inf"))  # (L, M, M)
+    log_prob = sim - torch.logsumexp(sim, dim=-1, keepdim=True)  # (L, M, M)
+    n_pos = positive.sum(-1)  # (L, M)
+    anchor = valid & (n_pos > 0)  # (L, M) chosen outputs with at least one positive
+    # mean log-probability of each anchor's positives, then the mean over anchors
+    per_anchor = torch.where(positive, log_prob, 0.0).sum(-1) / n_pos.clamp(min=1)  # (L, M)
+    return -(per_anchor * anchor).sum(-1) / anchor.sum(-1).clamp(min=1)  # (L,)
+
+
+def _comoe(h, G, mask, tau):
+    """contrastive_loss_comoe per layer, from h (L, S, E, r), G, the chosen mask (L, S, E) -> (L,)."""
+    L, S, E, r = h.shape
+    eye = torch.eye(E, dtype=h.dtype, device=h.device)
+    u = (h[:, :, None] * eye[:, :, None]).reshape(L, S, E, E * r)  # (L, S, E, E*r) expert a's h in its columns
+    sim = _cosines(u, G) / tau  # (L, S, E, E): anchor a against expert b, within each token
+    not_self = ~torch.eye(E, dtype=torch.bool, device=h.device)  # (E, E)
+    positive = mask[:, :, None, :] & not_self  # (L, S, E, E): b activated, b != a
+    # exp(sim) <= exp(1 / tau), about 1.6e6 at tau = 0.07: no overflow in float32
+    numerator = (sim.exp() * positive).sum(-1)  # (L, S, E)
+    denominator = (sim.exp() * not_self).sum(-1) + 1e-3  # (L, S, E): P + N, every expert but the anchor
+    loss = -(numerator / denominator).clamp(min=1e-30).log()  # (L, S, E)
+    # the mean over (token, activated anchor) pairs, written with a mask: no routing-dependent shape
+    return (loss * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp(min=1)
+
+
+def aux_terms(layers):
+    """The auxiliary losses of MoELoRA layers from their last forward, each kind computed for all layers
+    that can share one batched computation (same shapes and settings) at once.
+    Returns {"balance": (L,), "contrastive": (L_c,) or None}, in an order of their own (means are what count)."""
+    groups = {}
+    for m in layers:
+        routing, x = m._step
+        groups.setdefault(("balance", routing.probs.shape), []).append(m)
+        if x is not None:  # training with a contrastive loss
+            groups.setdefault(("contrastive", m.contrastive, m.contrastive_tau, m.contrastive_tokens, m.top_k,
+                               routing.probs.shape, m.r), []).append(m)
+    balance, contrastive = [], []
+    for key, ms in groups.items():
+        routings = [m._step[0] for m in ms]
+        chosen = [r.chosen for r in routings]
+        if key[0] == "balance":
+            balance.append(balance_loss(torch.stack([r.probs for r in routings]), torch.stack(chosen)))
+        else:
+            contrastive.append(contrastive_losses(ms[0].contrastive, [m._step[1] for m in ms],
+                                                  [m.lora_A for m in ms], [m.lora_B for m in ms], chosen,
+                                                  ms[0].contrastive_tau, ms[0].contrastive_tokens, ms[0].top_k))
+    return {"balance": torch.cat(balance), "contrastive": torch.cat(contrastive) if contrastive else None}
+
+
 def collect_aux(model):
-    """Gather what every MoELoRA layer kept from the last forward.
+    """The auxiliary losses of every MoELoRA layer's last forward, and their routing.
 
     Returns {"balance": mean over layers (scalar tensor, or None without MoELoRA layers),
              "contrastive": mean over layers (or None when not computed),
              "layers": {module name: {"load": (E,), "entropy": scalar}}}.
-    The training loss is L_lm + auxiliary_loss(aux, cfg).
+    The training loss is L_lm + auxiliary_loss(aux, cfg). Computed when called, batched over layers
+    (aux_terms): call it once per forward.
     """
-    balance, contrastive, layers = [], [], {}
-    for name, m in model.named_modules():
-        if isinstance(m, MoELoRALinear) and m.aux_losses:
-            balance.append(m.aux_losses["balance"])
-            if "contrastive" in m.aux_losses:
-                contrastive.append(m.aux_losses["contrastive"])
-            layers[name] = m.routing_stats
-    mean = lambda xs: torch.stack(xs).mean() if xs else None  # noqa: E731
-    return {"balance": mean(balance), "contrastive": mean(contrastive), "layers": layers}
+    named = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELoRALinear) and m._step]
+    if not named:
+        return {"balance": None, "contrastive": None, "layers": {}}
+    terms = aux_terms([m for _, m in named])
+    contrastive = terms["contrastive"].mean() if terms["contrastive"] is not None else None
+    return {"balance": terms["balance"].mean(), "contrastive": contrastive,
+            "layers": {name: m.routing_stats for name, m in named}}
 
 
 def auxiliary_loss(aux, cfg):

@@ -28,7 +28,7 @@ def expert_outputs_ref(x, A, B):
 
 def contrastive_loss_expert_ref(x, A, B, chosen, tau, n_tokens, top_k):
     """moelora.contrastive_loss_expert, from the experts' outputs in d_out space."""
-    keep = moelora._subsample(x.shape[0], n_tokens, x.device)
+    keep = moelora._subsample(x.shape[0], n_tokens, x.device)[0]
     o = expert_outputs_ref(x[keep], A, B)  # (S, E, d_out)
     S, _, d_out = o.shape
     filled, expert = chosen[keep].float().topk(top_k, dim=1)  # (S, k): each token's chosen experts first
@@ -51,7 +51,7 @@ def contrastive_loss_expert_ref(x, A, B, chosen, tau, n_tokens, top_k):
 
 def contrastive_loss_comoe_ref(x, A, B, chosen, tau, n_tokens, top_k=None):
     """moelora.contrastive_loss_comoe, from the experts' outputs in d_out space."""
-    keep = moelora._subsample(x.shape[0], n_tokens, x.device)
+    keep = moelora._subsample(x.shape[0], n_tokens, x.device)[0]
     o = expert_outputs_ref(x[keep], A, B)  # (S, E, d_out)
     mask = chosen[keep]  # (S, E)
     sim = torch.einsum("sad,sbd->sab", o, o) / tau  # (S, E, E): anchor a against expert b

@@ -2,7 +2,7 @@
 The contrastive losses on CPU: rank space (moelora.py) against the d_out-space references (tests/test_losses.py),
 forward + backward w.r.t. x, A and B, in float32 and under bfloat16 autocast.
 
-    python dev/bench_losses.py [repeats]
+    python dev/bench_losses.py [repeats] [threads]
 
 Shapes: the demo's (n_embd 128, 4 experts of rank 2, top-2, 64 sampled tokens, batch 16 x 192 tokens),
 summed over the four adapted linears of one block (c_attn 128->384, attn.c_proj 128->128, c_fc 128->512,
@@ -71,4 +71,6 @@ def main(repeats):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:  # one thread is steadier when other work shares the cores
+        torch.set_num_threads(int(sys.argv[2]))
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 11)

@@ -51,8 +51,13 @@ def moelora_ref(x, A, B, gates, scaling):
     (<= ~256) one dense matmul is cheaper than gathering each expert's tokens.
     """
     E, r, d_in = A.shape
-    d_out = B.shape[1]
     h = x @ A.reshape(E * r, d_in).T  # (N, E*r) every expert's down-projection at once
+    return _gated_up(h, B, gates, scaling)
+
+
+def _gated_up(h, B, gates, scaling):
+    """moelora_ref's second half, from every expert's h = A_e x, (N, E*r): scaling * sum_e gates[:, e] * B_e h_e."""
+    E, d_out, r = B.shape
     h = (h.view(-1, E, r) * gates[:, :, None]).view(-1, E * r)  # (N, E*r) expert e's r columns times gates[:, e]
     B_cat = B.permute(1, 0, 2).reshape(d_out, E * r)  # (d_out, E*r), column e*r+j = B[e][:, j]
     return scaling * (h @ B_cat.T)  # (N, d_out)
@@ -217,8 +222,13 @@ class Router(nn.Module):
             # Switch Transformer's multiplicative input jitter, which explores other routings
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
         # the matmul reads x in its own dtype (a float32 copy of a bf16 x would cost more than the adapter)
-        # and accumulates in float32; the softmax, where routing decisions are made, runs in float32
-        probs = F.softmax(F.linear(x, self.weight.to(x.dtype)), dim=-1, dtype=torch.float32)  # (N, E)
+        # and accumulates in float32
+        return self.route(F.linear(x, self.weight.to(x.dtype)))
+
+    def route(self, logits):
+        """Routing from the router's logits W_g x (N, E): the softmax, where routing decisions are made, in
+        float32, then select. (MoELoRALinear may compute the logits with the experts' A, in one matmul.)"""
+        probs = F.softmax(logits, dim=-1, dtype=torch.float32)  # (N, E)
         gates, chosen = self.select(probs)
         return Routing(gates=gates, probs=probs, chosen=chosen)
 
@@ -284,14 +294,33 @@ class MoELoRALinear(nn.Module):
         y = self.base(x)
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, d_in), N = B*T
-        routing = self.router(x)
         dtype = _compute_dtype(x)
         xd = self.dropout(x).to(dtype)
         A, B = self.lora_A.to(dtype), self.lora_B.to(dtype)
-        delta = moelora(xd, A, B, routing.gates.to(dtype), self.scaling, impl=self.impl)  # (N, d_out)
+        if self._router_joins_the_op(x):
+            routing, delta = self._routed_ref(xd, A, B)
+        else:
+            routing = self.router(x)
+            delta = moelora(xd, A, B, routing.gates.to(dtype), self.scaling, impl=self.impl)  # (N, d_out)
         # what the auxiliary losses need, kept for collect_aux, which computes them for all layers at once
         self._step = (routing, xd if self.training and self.contrastive != "none" else None)
         return y + delta.view(*shape[:-1], -1)
+
+    def _router_joins_the_op(self, x):
+        """Whether the router's logits may come out of the reference's down-projection (_routed_ref): on
+        the reference path, where router and experts read the same x (no dropout or jitter in training)
+        and the router computes its logits the standard way (a Router subclass may change select only)."""
+        reference = self.impl == "ref" or (self.impl == "auto" and not x.is_cuda)
+        same_x = not self.training or (self.dropout.p == 0 and self.router.jitter == 0)
+        return reference and same_x and type(self.router).forward is Router.forward
+
+    def _routed_ref(self, x, A, B):
+        """(routing, moelora_ref(x, A, B, gates, scaling)) with the router's E logits as E more rows of the
+        down-projection: one matmul x [A_cat; W_g]^T (N, E*r + E) instead of two, forward and backward."""
+        E, r, d_in = A.shape
+        h = x @ torch.cat([A.reshape(E * r, d_in), self.router.weight.to(x.dtype)]).T  # (N, E*r + E)
+        routing = self.router.route(h[:, E * r:])
+        return routing, _gated_up(h[:, :E * r], B, routing.gates.to(x.dtype), self.scaling)
 
     @property
     def aux_losses(self):

@@ -1,37 +1,43 @@
 #!/usr/bin/env bash
-# One call on the GPU machine, which starts bare each time: build the kernel, check it (NaN-poisoned
-# outputs, both tile configurations), run the GPU tests, then the benchmark. Logs and JSON go to $OUT.
-#   dev/device_run.sh [check] [tests] [bench] [quick] [timing]   (no argument: check tests bench timing)
+# One call on the GPU machine, which starts bare each time: build the kernel, then the named steps, each
+# logged to $OUT/<step>.log (the machine sends back at most 8 files: logs.tgz holds every log, beside the
+# JSON results).
+#   bash dev/device_run.sh STEP...
+# Steps: check (NaN-poisoned kernel check, both tile configurations), gputests (the GPU-specific test files),
+# tests (the whole suite), bench (bench.py's layer, whole, e2e and train sections), compiled (its
+# torch.compile section), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py),
+# nosplit (bench layer section with the kernel's column splits off, to compare).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
-mkdir -p "$OUT"
-steps=${*:-check tests bench timing}
-has() { [[ " $steps " == *" $1 "* ]]; }
+mkdir -p "$OUT/logs"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,memory.used --format=csv
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions MAX_JOBS=16
-start=$(date +%s)
-python3 -c "import kernel; kernel.load_kernel(); print('kernel loaded')" 2>&1 | tee "$OUT/build.log" | tail -30
-echo "build: $(( $(date +%s) - start )) s"
-if has check; then  # NaN-poisoned outputs, both tile configurations, every dtype
-  for bm in 128 64; do
-    MOELORA_POISON=1 MOELORA_BM=$bm timeout 120 python3 -m dev.check_and_time --check_only=1 2>&1 | tee "$OUT/check$bm.log"
-  done
-fi
-if has tests; then
-  start=$(date +%s)
-  timeout 200 python3 -m pytest -q -rs tests/test_kernel.py 2>&1 | tee "$OUT/tests.log" | tail -25 \
-    || timeout 200 python3 -m pytest -q -rs -n 4 tests/test_kernel.py 2>&1 | tee "$OUT/tests_xdist.log" | tail -40
-  echo "tests: $(( $(date +%s) - start )) s"
-fi
-if has bench; then
-  q=""; has quick && q="--quick"
-  timeout 330 python3 bench.py $q --json="$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
-fi
-if has timing; then  # per-kernel timing, without poison (its NaN fills would be timed too)
-  for bm in 128 64; do
-    MOELORA_BM=$bm timeout 60 python3 -m dev.check_and_time --time_only=1 2>&1 | tee "$OUT/time$bm.log"
-  done
-fi
+run() {  # name, timeout, command...: the command's output to the terminal and to logs/name.log
+  local name=$1 limit=$2; shift 2
+  local start=$(date +%s)
+  echo "=== $name: $*"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/logs/$name.log"
+  echo "=== $name: exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
+}
+run build 300 python3 -c "import kernel; kernel.load_kernel(); print('kernel loaded')"
+for step in "$@"; do
+  case $step in
+    check) for bm in 128 64; do
+             MOELORA_POISON=1 MOELORA_BM=$bm run check$bm 120 python3 -m dev.check_and_time --check_only=1
+           done ;;
+    gputests) run gputests 400 python3 -m pytest -q -rs tests/test_kernel.py tests/test_gpu.py tests/test_op.py \
+                tests/test_losses.py tests/test_adapters.py tests/test_model.py tests/test_export.py ;;
+    tests) run tests 600 python3 -m pytest -q -rs tests ;;
+    bench) run bench 480 python3 bench.py --sections=layer,whole,e2e,train --json="$OUT/bench.json" ;;
+    compiled) run compiled 400 python3 bench.py --sections=compiled --json="$OUT/bench_compiled.json" ;;
+    nosplit) MOELORA_SPLITS=1 run nosplit 200 python3 bench.py --sections=layer,whole ;;
+    profile) run profile 200 python3 -m dev.profile_e2e ;;
+    timing) run timing 120 python3 -m dev.check_and_time --time_only=1 ;;
+    sizes) run sizes 300 python3 -m dev.gpt2_sizes --json="$OUT/gpt2_sizes.json" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"

@@ -239,3 +239,50 @@ def test_equal_params_moelora_matches_lora():
     assert moe["base"] == lora["base"]
     with pytest.raises(ValueError, match="cannot be split"):
         moelora.equal_params_moelora(moelora.AdapterConfig(kind="lora", r=6), n_experts=4, top_k=2)
+
+
+class HalfSoftRouter(moelora.Router):
+    """A routing idea that overrides select only: every expert, weighted by the softmax squared."""
+
+    def select(self, probs):
+        gates = probs ** 2
+        return gates / gates.sum(-1, keepdim=True), torch.ones_like(probs, dtype=torch.bool)
+
+
+class NoisyRouter(moelora.Router):
+    """One that overrides forward: its logits are not W_g x, so they cannot come out of the experts' matmul."""
+
+    def forward(self, x):
+        return self.route(torch.nn.functional.linear(x, self.weight) + 1.0)
+
+
+@pytest.mark.parametrize("router", [moelora.Router, HalfSoftRouter, NoisyRouter])
+@pytest.mark.parametrize("training,dropout", [(True, 0.0), (False, 0.3), (True, 0.3)])
+def test_router_in_the_down_projection_equals_router_then_op(router, training, dropout):
+    # the reference path computes the router's logits as E more rows of x [A_cat; W_g]^T where it may
+    # (same x for router and experts, the standard logits): the same routing, output and gradients
+    torch.manual_seed(0)
+    base = nn.Linear(12, 10).double().requires_grad_(False)
+    layer = moelora.MoELoRALinear(base, 4, 2, 3, 6.0, dropout=dropout, contrastive="none", impl="ref").double()
+    layer.router = router(12, 4, 2).double()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.router.weight.normal_()
+    layer.train(training)
+    x = torch.randn(2, 9, 12, dtype=torch.float64, requires_grad=True)
+    fused = layer._router_joins_the_op(x)
+    assert fused == (router is not NoisyRouter and (not training or dropout == 0))
+    torch.manual_seed(1)
+    y = layer(x)
+    grads = torch.autograd.grad(y.pow(2).sum(), [x, layer.lora_A, layer.lora_B, layer.router.weight])
+    # the same by hand: the router on x, then the op on dropout(x) (the same dropout mask: seed 1 again)
+    torch.manual_seed(1)
+    x2 = x.reshape(-1, 12)
+    xd = layer.dropout(x2)
+    routing = layer.router(x2)
+    ref = base(x2) + moelora.moelora_ref(xd, layer.lora_A, layer.lora_B, routing.gates, layer.scaling)
+    ref_grads = torch.autograd.grad(ref.pow(2).sum(), [x, layer.lora_A, layer.lora_B, layer.router.weight])
+    torch.testing.assert_close(y.reshape(-1, 10), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer._step[0].probs, routing.probs, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -1,125 +1,84 @@
-"""
-Where the demo's CPU fine-tuning step goes (config/demo_finetune.toml, float32): step times of LoRA r8 and
-of MoELoRA with its parts taken away one at a time, then the ops MoELoRA adds (torch.profiler).
+"""Where the demo's CPU fine-tuning step goes: step times of LoRA r8 and of MoELoRA (4 x r2, top-2, as
+config/demo_finetune.toml), with and without the contrastive loss, then the ops MoELoRA adds to LoRA's step.
 
-    python dev/profile_cpu_step.py [--init_from=out/base20/ckpt.pt] [--repeats=7] [--threads=1]
+    python -m dev.profile_cpu_step [--init_from=out/demo/base/ckpt.pt] [--repeats=7] [--threads=2]
 
-Needs the prepared data (python -m data.prepare --out=out/data) and a base checkpoint. Every variant runs
-the same batches (train.py's Data, steps 0..9) with train.py's model building and loss; variants
-alternate within each repeat (the CPU is shared and noisy) and the table prints the median ms per step
-and its spread. The ablations patch moelora for timing only; they change what is computed. Then the
-profiler's ops that MoELoRA adds to LoRA's step (self CPU time, MoELoRA minus LoRA, per step).
+Needs the prepared data (python -m data.prepare) and a base checkpoint. Every variant runs the same batches
+(train.py's Data, steps 0..9) through train.py's model building and train_step; variants alternate within
+each repeat (a shared CPU is noisy), and the table prints the median ms per step and its spread. train.py's
+own tok/s (its log) is the figure the README quotes; this is for finding where the time goes.
 """
 
-import os
 import statistics
-import sys
 import time
-from contextlib import ExitStack
-from unittest import mock
+from dataclasses import dataclass
 
 import torch
 from torch.profiler import profile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-import cli  # noqa: E402
-import moelora  # noqa: E402
-import train  # noqa: E402
-from test_losses import contrastive_loss_expert_ref  # noqa: E402
+import cli
+import train
+from data.prepare import read_meta
 
 STEPS = 10
-
-
-class FixedRouter(moelora.Router):
-    """Ablation: the same gates' shape, with no router maths (every token on experts 0 and 1)."""
-
-    def forward(self, x):
-        chosen = torch.zeros(x.shape[0], self.n_experts, dtype=torch.bool, device=x.device)
-        chosen[:, :self.top_k] = True
-        gates = chosen.float() / self.top_k
-        return moelora.Routing(gates=gates, probs=gates, chosen=chosen)
-
-
-# name: (train.py overrides, patches applied while the model is built and run)
-VARIANTS = {
-    "LoRA r8": (["--adapter=lora", "--lora_r=8", "--lora_alpha=16"], []),
-    "MoELoRA, d_out-space loss (8702c2f)": ([], [("moelora.CONTRASTIVE_LOSSES",
-                                                   {"expert": contrastive_loss_expert_ref})]),
-    "MoELoRA": ([], []),
-    "- contrastive": (["--contrastive=none"], []),
-    "- contrastive, balance": (["--contrastive=none"], [("moelora.balance_loss", lambda p, c: p.new_zeros(()))]),
-    "- contrastive, balance, stats": (["--contrastive=none"], [
-        ("moelora.balance_loss", lambda p, c: p.new_zeros(())),
-        ("moelora.MoELoRALinear.routing_stats", property(lambda self: {}))]),
-    "- contrastive, balance, stats, router": (["--contrastive=none"], [
-        ("moelora.balance_loss", lambda p, c: p.new_zeros(())),
-        ("moelora.MoELoRALinear.routing_stats", property(lambda self: {})),
-        ("moelora.ROUTERS", {"topk": FixedRouter})]),
+VARIANTS = {  # name: train.py overrides on top of config/demo_finetune.toml
+    "LoRA r8": ["--adapter.kind=lora", "--adapter.r=8", "--adapter.alpha=16"],
+    "MoELoRA": [],
+    "MoELoRA, contrastive none": ["--adapter.contrastive=none"],
 }
 
 
-def build(argv, overrides):
-    cfg = cli.parse(train.TrainConfig, ["config/demo_finetune.toml"] + argv + overrides)
-    data = train.Data(cfg.data_dir, cfg.mode, cfg.block_size, cfg.seed)
-    model, _ = train.build_model(cfg, data.meta["vocab_size"], None)
+@dataclass
+class ProfileConfig:
+    init_from: str = "out/demo/base/ckpt.pt"
+    repeats: int = 7
+    threads: int = 0  # 0: torch's default
+    dtype: str = "float32"  # the demo fine-tunes in float32 on the CPU
+
+
+def build(cfg, overrides):
+    tcfg = cli.parse(train.TrainConfig, ["config/demo_finetune.toml", f"--init_from={cfg.init_from}",
+                                         f"--dtype={cfg.dtype}", "--device=cpu", *overrides])
+    data = train.Data(tcfg.data_dir, tcfg.mode, tcfg.seed)
+    model, _ = train.build_model(tcfg, read_meta(tcfg.data_dir), None)
     data.block_size = model.config.block_size
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), "cpu")
-    batches = [data.batch("train", i, 0, cfg.batch_size) for i in range(STEPS)]
-    return cfg, model, optimizer, batches
+    optimizer = model.configure_optimizers(tcfg.weight_decay, tcfg.lr, (tcfg.beta1, tcfg.beta2), "cpu")
+    return tcfg, model, optimizer, data, train.setup_run(tcfg)
 
 
-def run_steps(cfg, model, optimizer, batches):
-    """ms per step over the batches, as train.py takes a step (one micro-batch, float32)."""
-    t0 = time.perf_counter()
-    for x, y, mask in batches:
-        _, lm_loss = model(x, y, loss_mask=mask)
-        balance, contrastive = train.aux_terms(model, cfg)
-        loss = lm_loss + cfg.balance_coef * balance + cfg.contrastive_coef * contrastive
-        loss.backward()
+def run_steps(tcfg, model, optimizer, data, run):
+    """ms per step over STEPS steps, as train.py takes them; and the tokens of those steps."""
+    t0, tokens = time.perf_counter(), 0
+    for step in range(STEPS):
+        _, n = train.train_step(model, model, data, tcfg, step, run)
+        tokens += n
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return 1000 * (time.perf_counter() - t0) / len(batches)
+    return 1000 * (time.perf_counter() - t0) / STEPS, tokens / STEPS
 
 
-def main(argv):
-    repeats, threads = 7, torch.get_num_threads()
-    for a in list(argv):
-        if a.startswith(("--repeats=", "--threads=")):
-            key, value = a[2:].split("=")
-            repeats, threads = (int(value), threads) if key == "repeats" else (repeats, int(value))
-            argv.remove(a)
-    # one thread when other work shares the cores: two OpenMP threads then wait on each other at every op
-    torch.set_num_threads(threads)
-    argv = argv or ["--init_from=out/base20/ckpt.pt"]
+def main(argv=None):
+    cfg = cli.parse(ProfileConfig, argv)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
-    built = {}
-    for name, (overrides, patches) in VARIANTS.items():
-        with ExitStack() as stack:
-            for target, value in patches:
-                stack.enter_context(mock.patch(target, value))
-            built[name] = build(argv, overrides)
-    times = {name: [] for name in VARIANTS}
-    for rep in range(repeats + 1):  # the first round warms up
-        names = list(VARIANTS) if rep % 2 == 0 else list(VARIANTS)[::-1]
-        for name in names:
-            with ExitStack() as stack:
-                for target, value in VARIANTS[name][1]:
-                    stack.enter_context(mock.patch(target, value))
-                ms = run_steps(*built[name])
+    built = {name: build(cfg, overrides) for name, overrides in VARIANTS.items()}
+    times, tokens = {name: [] for name in VARIANTS}, 0
+    for rep in range(cfg.repeats + 1):  # the first round warms up
+        for name in (list(VARIANTS) if rep % 2 == 0 else list(VARIANTS)[::-1]):
+            ms, tokens = run_steps(*built[name])
             if rep > 0:
                 times[name].append(ms)
-    tokens = statistics.mean(x.numel() for x, _, _ in built["MoELoRA"][3])
     lora = statistics.median(times["LoRA r8"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {tokens:.0f} tokens per step; "
-          f"median (min-max) over {repeats} repeats of {STEPS} steps")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {tokens:.0f} tokens per step, {cfg.dtype}; "
+          f"median (min-max) over {cfg.repeats} repeats of {STEPS} steps")
     for name, t in times.items():
         m = statistics.median(t)
-        print(f"{name:42s} {m:7.1f} ms ({min(t):6.1f}-{max(t):6.1f})  {1000 * tokens / m:8,.0f} tok/s  "
+        print(f"  {name:28s} {m:7.1f} ms ({min(t):6.1f}-{max(t):6.1f})  {1000 * tokens / m:8,.0f} tok/s  "
               f"{lora / m:5.2f}x LoRA")
 
-    # what MoELoRA adds to LoRA's step, op by op: self CPU time of the same batches, MoELoRA minus LoRA
-    # (each op's least time over three alternating profiles, the one least disturbed by other work)
+    # what MoELoRA adds to LoRA's step, op by op: self CPU time, MoELoRA minus LoRA, each op's least time
+    # over three alternating profiles (the one least disturbed by other work)
     ops = {"LoRA r8": {}, "MoELoRA": {}}
     for _ in range(3):
         for name in ops:
@@ -127,17 +86,14 @@ def main(argv):
                 run_steps(*built[name])
             for e in prof.key_averages():
                 ops[name][e.key] = min(ops[name].get(e.key, (float("inf"), 0)), (e.self_cpu_time_total, e.count))
-    print(f"\nop (self CPU per step)                      MoELoRA ms   LoRA ms   added ms  calls M / L")
+    print("\nop (self CPU per step)                      MoELoRA ms   LoRA ms   added ms  calls M / L")
     added = {k: ops["MoELoRA"].get(k, (0, 0))[0] - ops["LoRA r8"].get(k, (0, 0))[0]
              for k in set(ops["MoELoRA"]) | set(ops["LoRA r8"])}
-    for k in sorted(added, key=added.get, reverse=True)[:20]:
+    for k in sorted(added, key=added.get, reverse=True)[:15]:
         (m, mc), (lo, lc) = ops["MoELoRA"].get(k, (0, 0)), ops["LoRA r8"].get(k, (0, 0))
         print(f"{k[:42]:42s} {m / 1e3 / STEPS:10.2f} {lo / 1e3 / STEPS:9.2f} {added[k] / 1e3 / STEPS:10.2f}  "
               f"{mc // STEPS:5d} / {lc // STEPS}")
-    total = {n: sum(t for t, _ in o.values()) / 1e3 / STEPS for n, o in ops.items()}
-    print(f"{'all ops':42s} {total['MoELoRA']:10.2f} {total['LoRA r8']:9.2f} "
-          f"{total['MoELoRA'] - total['LoRA r8']:10.2f}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -155,9 +155,18 @@ def test_kill_9_during_saves_never_breaks_the_checkpoint(data_dir, tmp_path):
         resume = ["--init_from=resume"] if (out / "ckpt.pt").exists() else []
         proc = subprocess.Popen([sys.executable, "train.py", *args, f"--out_dir={out}", *resume], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        while not proc.stdout.readline().startswith("iter"):  # in the loop: steps and saves, one after the other
-            assert proc.poll() is None, "train.py ended before its first step"
-        time.sleep(draw.uniform(0.0, 0.4))
+        # killed at a random moment 1-5 logged steps after it starts (then a random part of a step or two):
+        # counted in steps, not seconds, so that it falls well before the end however fast the machine is
+        first, wait = None, draw.randint(1, 5)
+        while True:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "train.py ended before it was killed"
+            if line.startswith("iter") and "val" not in line:
+                step = int(line.split()[1])
+                first = step if first is None else first
+                if step >= first + wait:
+                    break
+        time.sleep(draw.uniform(0.0, 0.02))
         proc.kill()
         proc.wait()
         ckpt = checkpoint.read(str(out / "ckpt.pt"))

@@ -26,11 +26,14 @@ Sections (--sections, comma-separated; default layer,whole,e2e,compiled,train):
             (8 x r8, top-2, router, dropout 0.05, balance and contrastive losses with their coefficients), the
             auxiliary losses collected and added to the loss as train.py does; path = layer minus frozen layer.
   e2e       a GPT-2-124M-shaped model (random init) with adapters on attn.c_attn, attn.c_proj, mlp.c_fc and
-            mlp.c_proj, bf16 autocast, AdamW on the adapters, every step synchronised: training tokens/s for LoRA
-            r=16, MoELoRA with the kernel (8 experts of rank 2, top-2: equal parameters), MoELoRA on the reference
-            path, and without the contrastive loss; batch 8 and 32 x 1024.
-  compiled  the same under torch.compile, batch 8 and 32.
-  train     train.py itself fine-tuning on the bundled tasks (tokens/s from its log, the first interval dropped):
+            mlp.c_proj, bf16 autocast, train.py's step (train.train_step: AdamW on the adapters, clipping), every
+            step synchronised: training tokens/s for LoRA r=16, MoELoRA with the kernel (8 experts of rank 2,
+            top-2: equal parameters), MoELoRA on the reference path, and without the contrastive loss; batch 8
+            and 32 x 1024; eager, and the step as a CUDA graph (train.GraphedStep, train.py's --cuda_graph).
+  compiled  LoRA and MoELoRA (kernel, reference) with the model under torch.compile, without and with the CUDA
+            graph.
+  train     train.py itself fine-tuning on the bundled tasks (tokens/s from its log, the first interval dropped;
+            tokens are example tokens, padding not counted), eager and with --cuda_graph=True:
             the demo's size (4 x 128, LoRA r8 against MoELoRA 4 x r2 top-2) and GPT-2-small's shape (12 x 768,
             batch 64, LoRA r16 against MoELoRA 8 x r2 top-2, contrastive "expert", "comoe" and "none"), random
             base weights (speed does not depend on them).
@@ -59,6 +62,8 @@ class BenchConfig:
     sections: tuple = ("layer", "whole", "e2e", "compiled", "train")
     quick: bool = False  # small shapes, few repeats
     json: str = ""  # also write every figure to this file
+    batches: tuple = (8, 32)  # the end-to-end sections' batch sizes (x 1024 tokens)
+    configs: tuple = ()  # the end-to-end sections' configs by name (default: each section's own list)
 
 E, R_EXPERT, TOP_K, R_LORA = 8, 8, 2, 64  # the layer section's adapters: 8 x rank 8 against rank 64
 SCALING = 2.0
@@ -285,30 +290,39 @@ def e2e_configs():
             "MoELoRA kernel, no contrastive": moe_cuda_nocon}
 
 
-def bench_e2e(name, cfg, batch, quick, compile=False):
+E2E_MODES = {"e2e": ("eager", "graph"), "compiled": ("compile", "compile+graph")}
+
+
+def bench_e2e(name, cfg, batch, quick, mode="eager"):
+    """ms per step of train.py's own training step (train.train_step: forward, backward, clipping, fused
+    AdamW) on a GPT-2-124M-shaped model; mode: "eager", "graph" (train.GraphedStep: the step as a CUDA graph),
+    "compile" (the model under torch.compile) or "compile+graph"."""
+    import train  # a script, imported only here
     torch.manual_seed(0)
     gcfg = GPTConfig(n_layer=2) if quick else GPTConfig()
     model = GPT(gcfg).cuda()
     moelora.inject(model, cfg)
     moelora.mark_only_adapters_trainable(model)
+    graphed = mode.endswith("graph")
+    tcfg = train.TrainConfig(init_from="bench", adapter=cfg, cuda_graph=graphed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphed)
+    run = train.Run(ddp=False, rank=0, world=1, device="cuda", device_type="cuda", dtype="bfloat16",
+                    autocast=autocast, accum=1)
     # compiled: the many small ops of routing and the auxiliary losses fuse into few kernels
-    forward = torch.compile(model) if compile else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    forward = torch.compile(model) if mode.startswith("compile") else model
+    opt = model.configure_optimizers(0.0, 1e-4, (0.9, 0.99), "cuda")
     gen = torch.Generator(device="cuda").manual_seed(1)
     idx = torch.randint(0, gcfg.vocab_size, (batch, gcfg.block_size + 1), device="cuda", generator=gen)
-    x, y = idx[:, :-1], idx[:, 1:]
+    inputs = [idx[:, :-1].contiguous(), idx[:, 1:].contiguous(), torch.ones(batch, gcfg.block_size, device="cuda")]
+    if graphed:
+        graph_step = train.GraphedStep(forward, model, opt, tcfg, run)
+        step = lambda: graph_step(inputs, 1e-4)  # noqa: E731
+    else:
+        def step():
+            train.train_step(forward, model, opt, [inputs], tcfg, run)
+            opt.zero_grad(set_to_none=True)
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = forward(x, y)
-            loss = loss + moelora.auxiliary_loss(moelora.collect_aux(model), cfg)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    warmup, reps = (1, 2) if quick else (3, 10)
+    warmup, reps = (train.GraphedStep.WARMUP + 1, 3) if quick else (train.GraphedStep.WARMUP + 2, 10)
     times = []
     for i in range(warmup + reps):
         torch.cuda.synchronize()
@@ -317,10 +331,10 @@ def bench_e2e(name, cfg, batch, quick, compile=False):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     counts = moelora.count_parameters(model)
-    del model, forward, opt
+    del model, forward, opt, step
     torch.cuda.empty_cache()
     step_s = statistics.median(times[warmup:])
-    return {"config": name, "batch": batch, "seq": gcfg.block_size, "compiled": compile,
+    return {"config": name, "batch": batch, "seq": gcfg.block_size, "mode": mode,
             "first_step_s": times[0], "step_ms": step_s * 1e3,
             "tokens_per_s": batch * gcfg.block_size / step_s, "adapter_params": counts["adapter"],
             "router_params": counts["router"]}
@@ -329,22 +343,21 @@ def bench_e2e(name, cfg, batch, quick, compile=False):
 # ----------------------------------------------------------------------------------------------------
 
 def print_e2e(r):
-    compiled = ", compiled" if r["compiled"] else ""
-    print(f"  batch {r['batch']:2d}x{r['seq']}  {r['config'] + compiled:42s} {r['step_ms']:8.1f} ms/step "
-          f"{r['tokens_per_s']:10.0f} tok/s" + (f"   (first step, compiling: {r['first_step_s']:.0f} s)" if compiled else
+    print(f"  batch {r['batch']:2d}x{r['seq']}  {r['config'] + ', ' + r['mode']:46s} {r['step_ms']:8.1f} ms/step "
+          f"{r['tokens_per_s']:10.0f} tok/s" + (f"   (first step, compiling: {r['first_step_s']:.0f} s)"
+                                               if r["mode"].startswith("compile") else
                                                f"   (adapter params {r['adapter_params']:,}, router {r['router_params']:,})"))
 
 
 def e2e_targets(rows, names):
-    """MoELoRA with the kernel >= 0.90x LoRA r16's tokens/s, per batch (and the other configs' ratios)."""
+    """MoELoRA with the kernel >= 0.90x LoRA r16's tokens/s, per batch and mode (and the other configs' ratios)."""
     out = []
-    for batch in sorted({r["batch"] for r in rows}):
-        tps = {r["config"]: r["tokens_per_s"] for r in rows if r["batch"] == batch}
+    for batch, mode in sorted({(r["batch"], r["mode"]) for r in rows}):
+        tps = {r["config"]: r["tokens_per_s"] for r in rows if (r["batch"], r["mode"]) == (batch, mode)}
         ratio = tps["MoELoRA kernel"] / tps["LoRA r16"]
-        compiled = ", compiled" if rows[0]["compiled"] else ""
         others = ", ".join(f"{n}: {tps[n] / tps['LoRA r16']:.2f}" for n in names if n in tps and n not in
                            ("LoRA r16", "MoELoRA kernel"))
-        out.append((f"batch {batch}{compiled}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90" +
+        out.append((f"batch {batch}, {mode}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90" +
                     (f" ({others})" if others else ""), ratio, ratio >= 0.90))
     return out
 
@@ -361,6 +374,8 @@ TRAIN_RUNS = {  # name: (model, adapter overrides)
     "gpt2, MoELoRA, contrastive comoe": ("gpt2", ["--adapter.n_experts=8", "--adapter.contrastive=comoe"]),
     "gpt2, MoELoRA, contrastive none": ("gpt2", ["--adapter.n_experts=8", "--adapter.contrastive=none"]),
 }
+TRAIN_RUNS.update({f"{name}, cuda_graph": (size, [*overrides, "--cuda_graph=True"])
+                   for name, (size, overrides) in list(TRAIN_RUNS.items())})
 TRAIN_MODELS = {"demo": ["--n_layer=4", "--n_head=4", "--n_embd=128", "--batch_size=16"],
                 "gpt2": ["--n_layer=12", "--n_head=12", "--n_embd=768", "--batch_size=64"]}
 
@@ -395,6 +410,7 @@ def train_targets(rows):
     tps = {r["run"]: r["tokens_per_s"] for r in rows}
     pairs = [("demo, MoELoRA 4 x r2", "demo, LoRA r8", 0.80), ("gpt2, MoELoRA 8 x r2", "gpt2, LoRA r16", 0.90),
              ("gpt2, MoELoRA, contrastive comoe", "gpt2, LoRA r16", 0.85)]
+    pairs += [(f"{a}, cuda_graph", f"{b}, cuda_graph", need) for a, b, need in pairs]
     return [(f"train.py tokens/s {a} / {b} >= {need:.2f}", tps[a] / tps[b], tps[a] / tps[b] >= need)
             for a, b, need in pairs]
 
@@ -429,19 +445,21 @@ def main(argv=None):
         for res in results["whole"]:
             print_whole(res)
         targets += whole_targets(results["whole"])
-    batches = [2, 4] if quick else [8, 32]
-    for section, compile in (("e2e", False), ("compiled", True)):
+    batches = [2, 4] if quick else [int(b) for b in cfg.batches]
+    for section, modes in E2E_MODES.items():
         if section not in cfg.sections:
             continue
-        print(f"\n== end to end{', torch.compile' if compile else ''}: GPT-2 124M shape, adapters on c_attn, c_proj, "
-              f"c_fc, mlp.c_proj, bf16 autocast ==")
+        print(f"\n== end to end ({', '.join(modes)}): GPT-2 124M shape, adapters on c_attn, c_proj, c_fc, mlp.c_proj, "
+              f"bf16 autocast, train.py's step ==")
         configs = e2e_configs()
-        names = list(configs) if not compile else ["LoRA r16", "MoELoRA kernel"]
+        names = list(configs) if section == "e2e" else ["LoRA r16", "MoELoRA kernel", "MoELoRA reference"]
+        names = [n for n in names if n in cfg.configs] if cfg.configs else names
         rows = []
-        for batch in batches:
-            for name in names:
-                rows.append(bench_e2e(name, configs[name], batch, quick, compile=compile))
-                print_e2e(rows[-1])
+        for mode in modes:
+            for batch in batches:
+                for name in names:
+                    rows.append(bench_e2e(name, configs[name], batch, quick, mode=mode))
+                    print_e2e(rows[-1])
         results[section] = rows
         targets += e2e_targets(rows, names)
     if "train" in cfg.sections:

@@ -521,21 +521,25 @@ def aux_terms(layers):
 
 
 def collect_aux(model):
-    """The auxiliary losses of every MoELoRA layer's last forward, and their routing.
+    """The auxiliary losses of every MoELoRA layer's last forward.
 
     Returns {"balance": mean over layers (scalar tensor, or None without MoELoRA layers),
-             "contrastive": mean over layers (or None when not computed),
-             "layers": {module name: {"load": (E,), "entropy": scalar}}}.
+             "contrastive": mean over layers (or None when not computed)}.
     The training loss is L_lm + auxiliary_loss(aux, cfg). Computed when called, batched over layers
-    (aux_terms): call it once per forward.
+    (aux_terms): call it once per forward. The routing statistics are apart (routing_stats), so that a
+    training step does not pay for them.
     """
-    named = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELoRALinear) and m._step]
-    if not named:
-        return {"balance": None, "contrastive": None, "layers": {}}
-    terms = aux_terms([m for _, m in named])
+    layers = [m for m in model.modules() if isinstance(m, MoELoRALinear) and m._step]
+    if not layers:
+        return {"balance": None, "contrastive": None}
+    terms = aux_terms(layers)
     contrastive = terms["contrastive"].mean() if terms["contrastive"] is not None else None
-    return {"balance": terms["balance"].mean(), "contrastive": contrastive,
-            "layers": {name: m.routing_stats for name, m in named}}
+    return {"balance": terms["balance"].mean(), "contrastive": contrastive}
+
+
+def routing_stats(model):
+    """{module name: {"load": (E,), "entropy": scalar}} of every MoELoRA layer's last forward."""
+    return {name: m.routing_stats for name, m in model.named_modules() if isinstance(m, MoELoRALinear) and m._step}
 
 
 def auxiliary_loss(aux, cfg):

@@ -81,6 +81,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     dtype: str = "auto"  # "auto" (bfloat16 on CUDA, else float32) | "float32" | "bfloat16"
     compile: bool = False
+    # capture the training step as a CUDA graph and replay it (GraphedStep): the host stops paying for each of
+    # the step's many small launches. Needs device=cuda, one process and one micro-batch; fine-tuning batches
+    # are then padded to block_size (one fixed shape)
+    cuda_graph: bool = False
     seed: int = 1337
     base: str = ""  # init_from=resume: the base an adapter run was trained on, where it moved (default: as saved)
 
@@ -156,19 +160,21 @@ class Data:
                              f"for windows of block_size + 1 = {T + 1}")
         self._block_size = T
 
-    def batch(self, split, step, micro, batch_size):
-        """(x, y, loss_mask) as int64/int64/float tensors of shape (batch_size, T)."""
+    def batch(self, split, step, micro, batch_size, pad_to=None):
+        """(x, y, loss_mask, n_tokens): int64/int64/float tensors of shape (batch_size, T), and how many of
+        their positions hold an example (the rest is padding). Fine-tuning pads to the longest example, or to
+        pad_to (a fixed shape, for a CUDA graph)."""
         rng = np.random.default_rng([self.seed, 0 if split == "train" else 1, step, micro])
         f = self.files[split]
         if self.mode == "pretrain":
             starts = rng.integers(0, len(f["tokens"]) - self.block_size - 1, batch_size)
             rows = np.stack([f["tokens"][s:s + self.block_size + 1] for s in starts]).astype(np.int64)
             x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
-            return x, y, torch.ones_like(x, dtype=torch.float32)
+            return x, y, torch.ones_like(x, dtype=torch.float32), x.numel()
         # fine-tuning: whole examples (cut at block_size + 1 tokens), right-padded to the longest
         ids = rng.integers(0, len(f["idx"]) - 1, batch_size)
         spans = [(f["idx"][i], min(f["idx"][i + 1], f["idx"][i] + self.block_size + 1)) for i in ids]
-        T = max(b - a for a, b in spans) - 1
+        T = pad_to or max(b - a for a, b in spans) - 1
         x = torch.zeros(batch_size, T, dtype=torch.long)
         y = torch.zeros(batch_size, T, dtype=torch.long)
         mask = torch.zeros(batch_size, T)
@@ -177,7 +183,7 @@ class Data:
             x[row, :b - a - 1], y[row, :b - a - 1] = tokens[:-1], tokens[1:]
             # the mask marks tokens to predict: shifted like the targets
             mask[row, :b - a - 1] = torch.from_numpy(f["mask"][a + 1:b].astype(np.float32))
-        return x, y, mask
+        return x, y, mask, sum(b - a - 1 for a, b in spans)
 
 
 def open_split(data_dir, name, meta, examples):
@@ -264,29 +270,116 @@ def lr_at(step, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
 
 
-def train_step(model, raw_model, data, cfg, step, run):
-    """Forward and backward over this process's micro-batches of one step (the gradients of all processes
-    are averaged by DDP). Returns the mean (lm, balance, contrastive) losses over every process, and the
-    tokens the step trained on."""
-    sums, tokens = torch.zeros(3, device=run.device), 0
-    for micro in range(run.accum):
-        x, y, mask = (t.to(run.device) for t in data.batch("train", step, run.rank * run.accum + micro,
-                                                            cfg.batch_size))
+def to_device(batch, run):
+    """A batch's tensors on the run's device. From pinned memory the copies are asynchronous: the host
+    goes on preparing the next step while the GPU still runs this one."""
+    if run.device_type != "cuda":
+        return batch[:3]
+    return [t.pin_memory().to(run.device, non_blocking=True) for t in batch[:3]]
+
+
+def step_batches(data, step, cfg, run, pad_to=None):
+    """This process's micro-batches of a step, on its device, and the example tokens of the whole step (all
+    processes; padding not counted)."""
+    micros = [data.batch("train", step, run.rank * run.accum + m, cfg.batch_size, pad_to) for m in range(run.accum)]
+    return [to_device(b, run) for b in micros], sum(b[3] for b in micros) * run.world
+
+
+def train_step(model, raw_model, optimizer, batches, cfg, run):
+    """One optimisation step over this process's micro-batches (each x, y, mask on the device): forward and
+    backward (DDP averages the gradients over processes), gradient clipping, the optimizer's update.
+    Returns a device tensor (lm, balance, contrastive, gradient norm), the losses averaged over micro-batches
+    and processes. Nothing here waits for the GPU (the loop reads the values when it logs), which is also
+    what lets a CUDA graph hold the whole step (GraphedStep)."""
+    sums = torch.zeros(3, device=run.device)
+    for micro, (x, y, mask) in enumerate(batches):
         if run.ddp:  # all-reduce the gradients only on the last micro-batch
-            model.require_backward_grad_sync = micro == run.accum - 1
+            model.require_backward_grad_sync = micro == len(batches) - 1
         with run.autocast:
             _, lm_loss = model(x, y, loss_mask=mask)
             aux = moelora.collect_aux(raw_model)
             loss = lm_loss + moelora.auxiliary_loss(aux, cfg.adapter)
-        (loss / run.accum).backward()
+        (loss / len(batches)).backward()
         terms = [aux[k] if aux[k] is not None else lm_loss.new_zeros(()) for k in ("balance", "contrastive")]
         sums += torch.stack([lm_loss.detach(), *terms]).detach().float()
-        tokens += x.numel() * run.world
-    losses = sums / run.accum
+    losses = sums / len(batches)
     if run.ddp:
         dist.all_reduce(losses, op=dist.ReduceOp.SUM)  # gloo has no AVG
         losses /= run.world
-    return losses.tolist(), tokens
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
+    optimizer.step()
+    return torch.cat([losses, grad_norm.float().reshape(1)])
+
+
+class GraphedStep:
+    """train_step captured once as a CUDA graph, then replayed each step: the GPU runs the same kernels, and
+    the host no longer launches them one by one (MoELoRA's routing and losses are many small ops, which cost
+    more to launch than to run). Shapes are fixed (batches padded to block_size) and so is every tensor the
+    graph reads: each step copies its batch into the graph's own input tensors and its learning rate into
+    a tensor the optimizer reads. The first WARMUP steps run eagerly, on a side stream, as capture needs
+    (the optimizer's state, cuBLAS's workspaces and the kernel exist before it); they are ordinary steps.
+    The random numbers of dropout and the contrastive subsample are drawn afresh on every replay, but not in
+    the order an eager run draws them: a resumed run continues as well as an eager one, not bit for bit."""
+
+    WARMUP = 3
+
+    def __init__(self, model, raw_model, optimizer, cfg, run):
+        self.args = (model, raw_model, optimizer, [], cfg, run)
+        self.optimizer, self.device, self.steps, self.graph = optimizer, run.device, 0, None
+
+    def __call__(self, batch, lr):
+        model, raw_model, optimizer, _, cfg, run = self.args
+        if self.graph is None and self.steps < self.WARMUP:
+            self.steps += 1
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = train_step(model, raw_model, optimizer, [batch], cfg, run)
+                optimizer.zero_grad(set_to_none=True)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            self.inputs = [t.clone() for t in batch]
+            self.lr = torch.tensor(float(lr), device=self.device)
+            for group in optimizer.param_groups:
+                group["lr"], group["capturable"] = self.lr, True
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # recorded, not run: the replay below runs it
+                self.out = train_step(model, raw_model, optimizer, [self.inputs], cfg, run)
+        for static, t in zip(self.inputs, batch):
+            static.copy_(t, non_blocking=True)
+        self.lr.fill_(lr)
+        self.graph.replay()
+        return self.out
+
+
+class NonFiniteWatch:
+    """Notes the first step whose losses or gradient norm are not finite, on the device, without waiting for
+    it; check() reads the note (which waits) where the loop must know: before it logs, evaluates or saves.
+    A step after that one may have run, but its weights are never saved."""
+
+    def __init__(self, device, step):
+        self.step = torch.full((), float(step), device=device)
+        self.first = torch.full((5,), float("nan"), device=device)  # (step, lm, balance, contrastive, grad norm)
+        self.seen = torch.zeros((), dtype=torch.bool, device=device)
+
+    def update(self, values):
+        bad = ~torch.isfinite(values).all()
+        self.first = torch.where(bad & ~self.seen, torch.cat([self.step[None], values]), self.first)
+        self.seen = self.seen | bad
+        self.step = self.step + 1
+
+    def check(self, saved_step, out_dir):
+        if not self.seen.item():
+            return
+        step, lm, bal, con, grad_norm = self.first.tolist()
+        raise FloatingPointError(
+            f"loss or gradient not finite at step {int(step)} (lm {lm}, balance {bal}, contrastive {con}, gradient "
+            f"norm {grad_norm}); stopping. " + (f"{out_dir}/ckpt.pt (step {saved_step}) is untouched"
+                                                 if saved_step is not None else "No checkpoint was saved yet") +
+            "; try a lower lr or dtype=float32, then init_from=resume.")
 
 
 @torch.no_grad()
@@ -294,7 +387,7 @@ def estimate_val_loss(model, data, cfg, run):
     model.eval()
     losses = []
     for k in range(cfg.eval_iters):
-        x, y, mask = (t.to(run.device) for t in data.batch("val", 0, k, cfg.batch_size))
+        x, y, mask = to_device(data.batch("val", 0, k, cfg.batch_size), run)
         with run.autocast:
             losses.append(model(x, y, loss_mask=mask)[1].item())
     model.train()
@@ -353,9 +446,14 @@ def setup_run(cfg):
         if device_type == "cuda":
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
+    if cfg.cuda_graph and (device_type != "cuda" or ddp or cfg.grad_accum > 1):
+        raise cli.ConfigError(f"cuda_graph=True captures one process's single micro-batch step on a GPU; here "
+                              f"device={device}, {world} process(es), grad_accum={cfg.grad_accum}")
     if cfg.grad_accum % world:
         raise cli.ConfigError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the number of processes ({world})")
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
+    # autocast's cache of cast weights would keep tensors from outside a CUDA graph's capture: off with one
+    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16,
+                                                                          cache_enabled=not cfg.cuda_graph)
     return Run(ddp, rank, world, device, device_type, dtype, autocast, cfg.grad_accum // world)
 
 
@@ -494,32 +592,36 @@ def main(argv=None):
             print(f"{cfg.mode} | adapter={cfg.adapter.kind if cfg.mode == 'finetune' else '-'} | device={run.device} "
                   f"x{run.world} | dtype={run.dtype} | params: base {counts['base']:,}, adapter {counts['adapter']:,}, "
                   f"router {counts['router']:,}, trainable {counts['trainable']:,}")
+        graphed = GraphedStep(model, raw_model, optimizer, cfg, run) if cfg.cuda_graph else None
+        pad_to = raw_model.config.block_size  # cuda_graph: every batch of one shape
+        watch = NonFiniteWatch(run.device, step)
         t_last, tokens_since = time.time(), 0
         with StopOnSignal() as stop:
             while step < cfg.max_iters:
                 if stop.asked_anywhere(run):  # Ctrl-C: saved between two steps, so the resume is exact
+                    watch.check(saved_step, cfg.out_dir)
                     if master:
                         save()
                     raise KeyboardInterrupt(f"interrupted at step {step}: saved {cfg.out_dir}/ckpt.pt; continue "
                                             f"with --init_from=resume")
                 lr = lr_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                (lm, bal, con), tokens = train_step(model, raw_model, data, cfg, step, run)
+                batches, tokens = step_batches(data, step, cfg, run, pad_to=pad_to if graphed else None)
                 tokens_since += tokens
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf))
-                if not math.isfinite(lm + bal + con + grad_norm):
-                    # the step is not applied and nothing is saved: the last good checkpoint stays
-                    raise FloatingPointError(
-                        f"loss or gradient not finite at step {step} (lm {lm}, balance {bal}, contrastive {con}, "
-                        f"gradient norm {grad_norm}); stopping. " + (f"{cfg.out_dir}/ckpt.pt (step {saved_step}) "
-                        f"is untouched" if saved_step is not None else "No checkpoint was saved yet") +
-                        "; try a lower lr or dtype=float32, then init_from=resume.")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                if graphed:
+                    values = graphed(batches[0], lr)
+                else:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    values = train_step(model, raw_model, optimizer, batches, cfg, run)
+                    optimizer.zero_grad(set_to_none=True)
+                watch.update(values)
                 step += 1
 
-                if master and (step % cfg.log_interval == 0 or step == cfg.max_iters):
+                logging = step % cfg.log_interval == 0 or step == cfg.max_iters
+                if logging:  # every process: they all stop together
+                    watch.check(saved_step, cfg.out_dir)
+                if master and logging:
+                    lm, bal, con, _ = values.tolist()
                     dt = time.time() - t_last
                     record = {"iter": step, "loss": lm, "balance": bal, "contrastive": con, "lr": lr,
                               "tokens_per_s": tokens_since / dt, "ms_per_iter": 1000 * dt / cfg.log_interval}
@@ -529,6 +631,7 @@ def main(argv=None):
                     log_file.flush()
                     t_last, tokens_since = time.time(), 0
                 if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                    watch.check(saved_step, cfg.out_dir)  # weights after a step that was not finite: never saved
                     if master:  # a validation loss or weights that are not finite stop the run unsaved
                         best_val = min(best_val, evaluate_and_log(raw_model, data, cfg, run, step, log_file))
                         save()

@@ -4,9 +4,11 @@
 # JSON results).
 #   bash dev/device_run.sh STEP...
 # Steps: check (NaN-poisoned kernel check, both tile configurations), gputests (the GPU-specific test files),
-# tests (the whole suite), bench (bench.py's layer, whole, e2e and train sections), compiled (its
-# torch.compile section), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py),
-# nosplit (bench layer section with the kernel's column splits off, to compare).
+# tests (the whole suite), graphtests (tests/test_gpu.py alone), bench (bench.py's layer, whole, e2e and train
+# sections) or one at a time: layer (layer and whole), e2e, train, compiled (the torch.compile section, batch 8);
+# profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
+# section with the kernel's column splits off, to compare). logs.tgz is rewritten after every step, so a call
+# cut off at its time limit still brings back the logs of the steps it finished.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ run() {  # name, timeout, command...: the command's output to the terminal and t
   echo "=== $name: $*"
   timeout "$limit" "$@" 2>&1 | tee "$OUT/logs/$name.log"
   echo "=== $name: exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
+  tar -czf "$OUT/logs.tgz" -C "$OUT" logs
 }
 run build 300 python3 -c "import kernel; kernel.load_kernel(); print('kernel loaded')"
 for step in "$@"; do
@@ -32,7 +35,11 @@ for step in "$@"; do
                 tests/test_losses.py tests/test_adapters.py tests/test_model.py tests/test_export.py ;;
     tests) run tests 600 python3 -m pytest -q -rs tests ;;
     bench) run bench 480 python3 bench.py --sections=layer,whole,e2e,train --json="$OUT/bench.json" ;;
-    compiled) run compiled 400 python3 bench.py --sections=compiled --json="$OUT/bench_compiled.json" ;;
+    layer) run layer 240 python3 bench.py --sections=layer,whole --json="$OUT/bench_layer.json" ;;
+    e2e) run e2e 240 python3 bench.py --sections=e2e --json="$OUT/bench_e2e.json" ;;
+    train) run train 300 python3 bench.py --sections=train --json="$OUT/bench_train.json" ;;
+    compiled) run compiled 400 python3 bench.py --sections=compiled --batches=8 --json="$OUT/bench_compiled.json" ;;
+    graphtests) run graphtests 200 python3 -m pytest -q -rs tests/test_gpu.py ;;
     nosplit) MOELORA_SPLITS=1 run nosplit 200 python3 bench.py --sections=layer,whole ;;
     profile) run profile 200 python3 -m dev.profile_e2e ;;
     timing) run timing 120 python3 -m dev.check_and_time --time_only=1 ;;
@@ -40,4 +47,4 @@ for step in "$@"; do
     *) echo "unknown step $step" ;;
   esac
 done
-tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+rm -rf "$OUT/logs"

@@ -114,9 +114,9 @@ class FullLength:
     def __init__(self, vocab_size):
         self.vocab_size = vocab_size
 
-    def batch(self, split, step, micro, batch_size):
+    def batch(self, split, step, micro, batch_size, pad_to=None):
         idx = torch.randint(0, self.vocab_size, (batch_size, CUTOFF))
-        return idx[:, :-1], idx[:, 1:], torch.ones(batch_size, CUTOFF - 1)
+        return idx[:, :-1], idx[:, 1:], torch.ones(batch_size, CUTOFF - 1), batch_size * (CUTOFF - 1)
 
 
 def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
@@ -139,9 +139,8 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        _, tokens = train.train_step(gpt, gpt, data, tcfg, i, run)
-        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
-        optimizer.step()
+        batches, tokens = train.step_batches(data, i, tcfg, run)
+        train.train_step(gpt, gpt, optimizer, batches, tcfg, run)  # with clipping and the optimizer's update
         optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()

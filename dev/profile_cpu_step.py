@@ -50,9 +50,9 @@ def run_steps(tcfg, model, optimizer, data, run):
     """ms per step over STEPS steps, as train.py takes them; and the tokens of those steps."""
     t0, tokens = time.perf_counter(), 0
     for step in range(STEPS):
-        _, n = train.train_step(model, model, data, tcfg, step, run)
+        batches, n = train.step_batches(data, step, tcfg, run)
+        train.train_step(model, model, optimizer, batches, tcfg, run)  # with clipping and the optimizer's update
         tokens += n
-        optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return 1000 * (time.perf_counter() - t0) / STEPS, tokens / STEPS
 

@@ -2,12 +2,14 @@
 and the reference agree inside a whole model, train.py and evaluate.py run with bf16 autocast."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 import model
 import moelora
+from training import logged_losses
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -50,6 +52,40 @@ def test_training_step_never_waits_for_the_gpu(impl, contrastive):
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("impl", ["cuda", "ref"])
+def test_cuda_graph_step_equals_the_eager_step(impl):
+    """train.GraphedStep (the step as a CUDA graph, replayed) against train.train_step run eagerly, from the
+    same weights on the same batches: the same losses and weights. No randomness (no dropout, every token in
+    the contrastive loss), so that both draw nothing."""
+    import train
+    cfg = dataclasses.replace(ADAPTER, impl=impl, contrastive_tokens=4 * 32)
+    tcfg = train.TrainConfig(init_from="test", adapter=cfg, cuda_graph=True)
+    batches = [[t.cuda() for t in (idx[:, :-1], idx[:, 1:], torch.ones(4, 32))]
+               for idx in torch.randint(0, CFG.vocab_size, (8, 4, 33)).unbind()]
+    results = []
+    for graphed in (False, True):
+        m = adapted_gpt(cfg).train()
+        opt = m.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cuda")
+        run = train.Run(False, 0, 1, "cuda", "cuda", "bfloat16",
+                        torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False), 1)
+        step = train.GraphedStep(m, m, opt, tcfg, run) if graphed else None
+        losses = []
+        for i, batch in enumerate(batches):
+            if graphed:
+                losses.append(step(batch, 1e-2 / (i + 1)).clone())
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = 1e-2 / (i + 1)
+                losses.append(train.train_step(m, m, opt, [batch], tcfg, run))
+                opt.zero_grad(set_to_none=True)
+        assert not graphed or step.graph is not None  # the last steps were replays
+        results.append((torch.stack(losses), [p.detach().clone() for p in m.parameters() if p.requires_grad]))
+    (eager, eager_w), (replayed, replayed_w) = results
+    torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(replayed_w, eager_w):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_kernel_and_reference_agree_in_a_model():
     idx = torch.randint(0, CFG.vocab_size, (3, 40), device="cuda")
     results = {}
@@ -78,3 +114,8 @@ def test_train_and_eval_scripts_on_gpu(tmp_path):
     assert next(model_.parameters()).is_cuda
     report = evaluate.main([f"--ckpt={tmp_path / 'ft' / 'ckpt.pt'}", "--max_items=4", "--device=cuda"])
     assert len(report["ft"]["accuracy"]) == 11
+    train.main(["--mode=finetune", f"--init_from={tmp_path / 'base' / 'ckpt.pt'}", "--adapter.kind=moelora",
+                f"--out_dir={tmp_path / 'graphed'}", "--cuda_graph=True", "--adapter.r=2", "--adapter.n_experts=4",
+                *common])
+    losses = logged_losses(tmp_path / "graphed")
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses.values())

@@ -85,11 +85,35 @@ def test_ddp_two_processes_equal_one(data_dir, base_ckpt, tmp_path):
     (["--adapter.kind=prefix"], "ConfigError", r"adapter.kind='prefix' \(expected one of 'lora', 'moelora', 'none'\)"),
     (["--init_from=nowhere/ckpt.pt"], "FileNotFoundError", "base checkpoint nowhere/ckpt.pt does not exist"),
     (["--init_from=scratch"], "ConfigError", "fine-tuning needs a base"),
+    (["--cuda_graph=True", "--device=cpu"], "ConfigError", "cuda_graph=True captures one process's single micro"),
 ])
 def test_config_errors(data_dir, base_ckpt, tmp_path, argv, error, words):
     with pytest.raises(Exception, match=words) as info:
         train.main(finetune_args(data_dir, base_ckpt, tmp_path, *argv))
     assert type(info.value).__name__ == error
+
+
+def test_padded_batches_are_the_same_examples(data_dir):
+    """pad_to (cuda_graph's fixed shape) only adds padding: the same examples, masks and token count."""
+    data = train.Data(data_dir, "finetune", seed=3)
+    data.block_size = 192
+    x, y, mask, n = data.batch("train", 5, 0, 8)
+    px, py, pmask, pn = data.batch("train", 5, 0, 8, pad_to=192)
+    T = x.shape[1]
+    assert px.shape == (8, 192) and n == pn and n < x.numel()  # n counts example tokens, not padding
+    assert torch.equal(px[:, :T], x) and torch.equal(py[:, :T], y) and torch.equal(pmask[:, :T], mask)
+    assert not px[:, T:].any() and not pmask[:, T:].any()
+
+
+def test_non_finite_watch_names_the_first_bad_step():
+    watch = train.NonFiniteWatch("cpu", step=10)
+    for values in ([1.0, 0.1, 0.2, 3.0], [2.0, 0.1, 0.2, float("inf")], [float("nan")] * 4):
+        watch.update(torch.tensor(values))
+        if values[0] == 1.0:
+            watch.check(None, "out")  # nothing yet: no error
+    with pytest.raises(FloatingPointError, match="not finite at step 11 .*lm 2.0.*gradient norm inf.*out/ckpt.pt "
+                                                 r"\(step 9\) is untouched"):
+        watch.check(9, "out")
 
 
 def test_missing_data_and_resume_errors(tmp_path):

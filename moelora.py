@@ -100,8 +100,8 @@ def moelora(x, A, B, gates, scaling, impl="auto"):
     """The MoELoRA adapter output; same semantics and arguments as moelora_ref.
 
     impl: "ref" the PyTorch reference; "cuda" the CUDA kernel (an error if it cannot be built or the
-    tensors are not on a GPU); "auto" the kernel for CUDA tensors when it builds, else the reference
-    (warning once if the kernel failed to build).
+    tensors are not on a GPU); "auto" the kernel where it pays off (auto_uses_kernel: CUDA tensors and at
+    least 64 rank columns E*r), else the reference (warning once if the kernel failed to build).
     """
     _check_op_inputs(x, A, B, gates, scaling)
     if impl == "ref":
@@ -111,10 +111,22 @@ def moelora(x, A, B, gates, scaling, impl="auto"):
             raise ValueError(f"moelora: impl='cuda' needs CUDA tensors, got tensors on {x.device}")
         return kernel.moelora_cuda(x, A, B, gates, scaling)
     if impl == "auto":
-        if x.is_cuda and _kernel_loads():
+        if auto_uses_kernel(x, A):
             return kernel.moelora_cuda(x, A, B, gates, scaling)
         return moelora_ref(x, A, B, gates, scaling)
     raise ValueError(f"moelora: impl must be 'auto', 'cuda' or 'ref', got {impl!r}")
+
+
+# The kernel works in tiles of 64 rank columns (csrc/). Below E*r = 64 it computes padding, and cuBLAS's
+# skinny matmuls on the reference path train faster: GPT-2-small's shape with 8 experts of rank 2 (E*r = 16)
+# trains at 1.16-1.39x the kernel's tokens/s on the reference under CUDA graphs, and 1.05x eager at batch 32
+# (bench.py e2e, H200, dev/runs/h200-2026-12-02b). impl="auto" takes the kernel from E*r = 64 up.
+KERNEL_MIN_RANKS = 64
+
+
+def auto_uses_kernel(x, A):
+    """Whether impl="auto" runs the CUDA kernel: CUDA tensors, E*r >= KERNEL_MIN_RANKS, and a kernel that builds."""
+    return x.is_cuda and A.shape[0] * A.shape[1] >= KERNEL_MIN_RANKS and _kernel_loads()
 
 
 def _kernel_loads():
@@ -310,7 +322,7 @@ class MoELoRALinear(nn.Module):
         """Whether the router's logits may come out of the reference's down-projection (_routed_ref): on
         the reference path, where router and experts read the same x (no dropout or jitter in training)
         and the router computes its logits the standard way (a Router subclass may change select only)."""
-        reference = self.impl == "ref" or (self.impl == "auto" and not x.is_cuda)
+        reference = self.impl == "ref" or (self.impl == "auto" and not auto_uses_kernel(x, self.lora_A))
         same_x = not self.training or (self.dropout.p == 0 and self.router.jitter == 0)
         return reference and same_x and type(self.router).forward is Router.forward
 

@@ -6,7 +6,8 @@
 # Steps: check (NaN-poisoned kernel check, both tile configurations), gputests (the GPU-specific test files),
 # tests (the whole suite), graphtests (tests/test_gpu.py alone), bench (bench.py's layer, whole, e2e and train
 # sections) or one at a time: layer (layer and whole), e2e, train, compiled (the torch.compile section, batch 8);
-# profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
+# autotest (impl="auto"'s choice), llmadapters (LLM-Adapters' files -> prepare -> train -> evaluate at gpt2-xl's
+# shape), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
 # section with the kernel's column splits off, to compare). logs.tgz is rewritten after every step, so a call
 # cut off at its time limit still brings back the logs of the steps it finished.
 set -o pipefail
@@ -40,6 +41,9 @@ for step in "$@"; do
     train) run train 300 python3 bench.py --sections=train --json="$OUT/bench_train.json" ;;
     compiled) run compiled 400 python3 bench.py --sections=compiled --batches=8 --json="$OUT/bench_compiled.json" ;;
     graphtests) run graphtests 200 python3 -m pytest -q -rs tests/test_gpu.py ;;
+    autotest) run autotest 120 python3 -m pytest -q -rs tests/test_kernel.py -k auto ;;
+    llmadapters) MOELORA_E2E_GPT2=gpt2-xl run llmadapters 300 python3 -m pytest -q -rs -s tests/test_llm_adapters.py \
+                   -k end_to_end ;;
     nosplit) MOELORA_SPLITS=1 run nosplit 200 python3 bench.py --sections=layer,whole ;;
     profile) run profile 200 python3 -m dev.profile_e2e ;;
     timing) run timing 120 python3 -m dev.check_and_time --time_only=1 ;;

@@ -245,6 +245,17 @@ def test_compiles_without_graph_breaks():
 # ----------------------------------------------------------------------------------------------------
 # without CUDA: the dispatch
 
+@cuda
+@pytest.mark.parametrize("E,r,kernel_expected", [(8, 2, False), (4, 8, False), (8, 8, True), (16, 8, True)])
+def test_auto_takes_the_kernel_from_64_rank_columns(E, r, kernel_expected):
+    """impl="auto" is the kernel, bit for bit, where E*r >= moelora.KERNEL_MIN_RANKS, and the reference below."""
+    x, A, B, gates = [t.bfloat16() for t in make_inputs(300, 64, 48, E, r, "uniform", torch.bfloat16, seed=5)[:4]]
+    auto = moelora.moelora(x, A, B, gates, 0.5, impl="auto")
+    expected = moelora.moelora(x, A, B, gates, 0.5, impl="cuda" if kernel_expected else "ref")
+    assert moelora.auto_uses_kernel(x, A) == kernel_expected
+    assert torch.equal(auto, expected)
+
+
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 
 

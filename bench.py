@@ -318,9 +318,7 @@ def bench_e2e(name, cfg, batch, quick, mode="eager"):
         graph_step = train.GraphedStep(forward, model, opt, tcfg, run)
         step = lambda: graph_step(inputs, 1e-4)  # noqa: E731
     else:
-        def step():
-            train.train_step(forward, model, opt, [inputs], tcfg, run)
-            opt.zero_grad(set_to_none=True)
+        step = lambda: train.eager_step(forward, model, opt, [inputs], 1e-4, tcfg, run)  # noqa: E731
 
     warmup, reps = (train.GraphedStep.WARMUP + 1, 3) if quick else (train.GraphedStep.WARMUP + 2, 10)
     times = []

@@ -311,6 +311,15 @@ def train_step(model, raw_model, optimizer, batches, cfg, run):
     return torch.cat([losses, grad_norm.float().reshape(1)])
 
 
+def eager_step(model, raw_model, optimizer, batches, lr, cfg, run):
+    """train_step at learning rate lr, launched op by op; the gradients are cleared for the next step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    values = train_step(model, raw_model, optimizer, batches, cfg, run)
+    optimizer.zero_grad(set_to_none=True)
+    return values
+
+
 class GraphedStep:
     """train_step captured once as a CUDA graph, then replayed each step: the GPU runs the same kernels, and
     the host no longer launches them one by one (MoELoRA's routing and losses are many small ops, which cost
@@ -324,30 +333,26 @@ class GraphedStep:
     WARMUP = 3
 
     def __init__(self, model, raw_model, optimizer, cfg, run):
-        self.args = (model, raw_model, optimizer, [], cfg, run)
-        self.optimizer, self.device, self.steps, self.graph = optimizer, run.device, 0, None
+        self.model, self.raw_model, self.optimizer, self.cfg, self.run = model, raw_model, optimizer, cfg, run
+        self.steps, self.graph = 0, None
 
     def __call__(self, batch, lr):
-        model, raw_model, optimizer, _, cfg, run = self.args
         if self.graph is None and self.steps < self.WARMUP:
             self.steps += 1
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                out = train_step(model, raw_model, optimizer, [batch], cfg, run)
-                optimizer.zero_grad(set_to_none=True)
+                out = eager_step(self.model, self.raw_model, self.optimizer, [batch], lr, self.cfg, self.run)
             torch.cuda.current_stream().wait_stream(side)
             return out
         if self.graph is None:
             self.inputs = [t.clone() for t in batch]
-            self.lr = torch.tensor(float(lr), device=self.device)
-            for group in optimizer.param_groups:
+            self.lr = torch.tensor(float(lr), device=self.run.device)
+            for group in self.optimizer.param_groups:
                 group["lr"], group["capturable"] = self.lr, True
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):  # recorded, not run: the replay below runs it
-                self.out = train_step(model, raw_model, optimizer, [self.inputs], cfg, run)
+                self.out = train_step(self.model, self.raw_model, self.optimizer, [self.inputs], self.cfg, self.run)
         for static, t in zip(self.inputs, batch):
             static.copy_(t, non_blocking=True)
         self.lr.fill_(lr)
@@ -593,7 +598,7 @@ def main(argv=None):
                   f"x{run.world} | dtype={run.dtype} | params: base {counts['base']:,}, adapter {counts['adapter']:,}, "
                   f"router {counts['router']:,}, trainable {counts['trainable']:,}")
         graphed = GraphedStep(model, raw_model, optimizer, cfg, run) if cfg.cuda_graph else None
-        pad_to = raw_model.config.block_size  # cuda_graph: every batch of one shape
+        pad_to = raw_model.config.block_size if graphed else None  # a CUDA graph: every batch of one shape
         watch = NonFiniteWatch(run.device, step)
         t_last, tokens_since = time.time(), 0
         with StopOnSignal() as stop:
@@ -605,15 +610,12 @@ def main(argv=None):
                     raise KeyboardInterrupt(f"interrupted at step {step}: saved {cfg.out_dir}/ckpt.pt; continue "
                                             f"with --init_from=resume")
                 lr = lr_at(step, cfg)
-                batches, tokens = step_batches(data, step, cfg, run, pad_to=pad_to if graphed else None)
+                batches, tokens = step_batches(data, step, cfg, run, pad_to)
                 tokens_since += tokens
                 if graphed:
                     values = graphed(batches[0], lr)
                 else:
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    values = train_step(model, raw_model, optimizer, batches, cfg, run)
-                    optimizer.zero_grad(set_to_none=True)
+                    values = eager_step(model, raw_model, optimizer, batches, lr, cfg, run)
                 watch.update(values)
                 step += 1
 

@@ -51,9 +51,8 @@ def run_steps(tcfg, model, optimizer, data, run):
     t0, tokens = time.perf_counter(), 0
     for step in range(STEPS):
         batches, n = train.step_batches(data, step, tcfg, run)
-        train.train_step(model, model, optimizer, batches, tcfg, run)  # with clipping and the optimizer's update
+        train.eager_step(model, model, optimizer, batches, tcfg.lr, tcfg, run)  # clipping and the update too
         tokens += n
-        optimizer.zero_grad(set_to_none=True)
     return 1000 * (time.perf_counter() - t0) / STEPS, tokens / STEPS
 
 

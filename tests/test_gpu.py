@@ -74,10 +74,7 @@ def test_cuda_graph_step_equals_the_eager_step(impl):
             if graphed:
                 losses.append(step(batch, 1e-2 / (i + 1)).clone())
             else:
-                for group in opt.param_groups:
-                    group["lr"] = 1e-2 / (i + 1)
-                losses.append(train.train_step(m, m, opt, [batch], tcfg, run))
-                opt.zero_grad(set_to_none=True)
+                losses.append(train.eager_step(m, m, opt, [batch], 1e-2 / (i + 1), tcfg, run))
         assert not graphed or step.graph is not None  # the last steps were replays
         results.append((torch.stack(losses), [p.detach().clone() for p in m.parameters() if p.requires_grad]))
     (eager, eager_w), (replayed, replayed_w) = results

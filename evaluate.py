@@ -145,22 +145,27 @@ def format_table(rows, meta):
 
 @torch.no_grad()
 def routing_by_task(model, data_dir, max_items=0, device="cpu", batch_size=64):
-    """Expert load and router entropy per task and MoELoRA layer, over the tokens of the test prompts.
+    """Expert load, router entropy and how alike the experts' outputs are, per task and MoELoRA layer, over
+    the tokens of the test prompts.
 
-    Returns {"tasks": [...], "layers": [...], "load": [task][layer][expert] (fractions summing to 1),
-    "entropy": [task][layer] (nats, mean over tokens; ln E is uniform)}, or None without MoELoRA layers.
+    Returns {"tasks": [...], "layers": [...], "tokens": [task] (tokens routed),
+    "load": [task][layer][expert] (fractions summing to 1), "entropy": [task][layer] (nats, mean over tokens;
+    ln E is uniform), "expert_cosine": [task][layer] (the cosine between two experts' outputs B_e A_e x, mean
+    over expert pairs and tokens: what the contrastive loss pushes apart)}, or None without MoELoRA layers.
     """
     layers = {name: m for name, m in model.named_modules() if isinstance(m, moelora.MoELoRALinear)}
     if not layers:
         return None
     meta = read_meta(data_dir)
     enc = load_tokenizer(data_dir)
-    captured = {}
-    hooks = [m.router.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, out))
+    # each layer keeps its last routing (layer._step); its input is caught on the way in
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: inputs.__setitem__(name, inp[0]))
              for name, m in layers.items()]
     was_training = model.training
     model.eval()
-    result = {"tasks": meta["tasks"], "layers": list(layers), "load": [], "entropy": []}
+    result = {"tasks": meta["tasks"], "layers": list(layers), "tokens": [], "load": [], "entropy": [],
+              "expert_cosine": []}
     try:
         for task in meta["tasks"]:
             items = task_items(data_dir, task, max_items)
@@ -168,6 +173,7 @@ def routing_by_task(model, data_dir, max_items=0, device="cpu", batch_size=64):
             prompts = [enc.encode(prompt(it["instruction"], it["input"]))[:model.config.block_size] for it in items]
             counts = {name: torch.zeros(m.n_experts) for name, m in layers.items()}
             entropy = {name: 0.0 for name in layers}
+            cosine = {name: 0.0 for name in layers}
             n_tokens = 0
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
@@ -178,18 +184,38 @@ def routing_by_task(model, data_dir, max_items=0, device="cpu", batch_size=64):
                     idx[row, :len(p)], real[row, :len(p)] = torch.tensor(p), True
                 model(idx.to(device))
                 keep = real.view(-1).to(device)  # routing of padding tokens is not counted
-                for name, routing in captured.items():
+                for name, layer in layers.items():
+                    routing = layer._step[0]
                     counts[name] += routing.chosen[keep].float().sum(0).cpu()
                     p = routing.probs[keep]
                     entropy[name] += float(-(p * p.clamp(min=1e-9).log()).sum())
+                    x = inputs[name].reshape(-1, inputs[name].shape[-1])[keep]
+                    cosine[name] += float(expert_output_cosines(layer, x).sum())
                 n_tokens += int(keep.sum())
+            result["tokens"].append(n_tokens)
             result["load"].append([(counts[n] / counts[n].sum()).tolist() for n in layers])
             result["entropy"].append([entropy[n] / n_tokens for n in layers])
+            result["expert_cosine"].append([cosine[n] / n_tokens for n in layers])
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
     return result
+
+
+def expert_output_cosines(layer, x):
+    """Per token of x (N, d_in): the cosine between two experts' outputs o_e = B_e A_e x, mean over the E(E-1)/2
+    pairs of a MoELoRALinear's experts, all of them (not only those chosen) -> (N,). From h = A_e x and B's Gram
+    matrix, as the contrastive loss computes them (<o_e, o_f> = h_e^T B_e^T B_f h_f), in float32."""
+    A, B = layer.lora_A.float(), layer.lora_B.float()  # (E, r, d_in), (E, d_out, r)
+    E = A.shape[0]
+    h = torch.einsum("nd,erd->ner", x.float(), A)  # (N, E, r)
+    G = torch.einsum("eor,fos->erfs", B, B)  # (E, r, E, r): B_e^T B_f
+    dots = torch.einsum("ner,erfs,nfs->nef", h, G, h)  # (N, E, E)
+    norms = dots.diagonal(dim1=1, dim2=2).clamp(min=1e-12).sqrt()  # (N, E)
+    cos = dots / (norms[:, :, None] * norms[:, None, :])
+    pairs = torch.triu_indices(E, E, offset=1)
+    return cos[:, pairs[0], pairs[1]].mean(1)
 
 
 def plot_routing(routing, path):

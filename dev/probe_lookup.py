@@ -35,7 +35,7 @@ def main(argv=None):
         end = doc.index(". ", doc.rindex(":"))  # the end of the numbered entries
         words, number = doc[end + 2:].split(". ")[0].rstrip(".").rsplit(" ", 1)
         logits, _ = model(torch.tensor([enc.encode(doc[:end + 2] + words)]))
-        right += enc.decode([int(logits[0, -1].argmax())]).strip() == number
+        right += enc.decode([int(logits[0, -1, :enc.n_vocab].argmax())]).strip() == number  # past n_vocab: padding
     print(f"lookup right {right}/{n} = {right / n:.1%}")
     return right / n
 

@@ -152,8 +152,8 @@ def files(tmp_path_factory):
     vocab, merges = train_gpt2_files(tokenizer_texts(root), 200)
     gpt2 = write_hf_dir(tmp_path_factory.mktemp("models") / "gpt2-tiny", vocab, merges)
     size = os.environ.get("MOELORA_E2E_GPT2")
-    if size:  # GPT-2's real shape; the model's vocabulary (50257) holds the small tokenizer's
-        write_hf_gpt2(gpt2, *GPT2_SIZES[size], vocab_size=50257, n_positions=1024)
+    if size:  # GPT-2's real blocks and context; the vocabulary stays the small tokenizer's, as load_base checks
+        write_hf_gpt2(gpt2, *GPT2_SIZES[size], vocab_size=len(vocab), n_positions=1024)
     else:
         write_hf_gpt2(gpt2, n_layer=1, n_head=2, n_embd=32, vocab_size=len(vocab), n_positions=448)
     return root, gpt2

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import cli
@@ -74,6 +75,7 @@ class ExperimentConfig:
     parallel: int = 4  # runs at once
     deadline_s: float = 0  # start no run expected to end after this many seconds (0: none)
     report_only: bool = False
+    reproduce: str = ""  # a method: run its seed-1 table run again, alone, and compare (the grid must have run)
     cell: str = ""  # internal: run the one run described by this directory's spec.json
 
     def __post_init__(self):
@@ -81,7 +83,7 @@ class ExperimentConfig:
             "rank": ((lambda r: r > 0 and r % 8 == 0), "a positive multiple of 8 (8 experts of rank R/8)"),
             "methods": ((lambda m: m and set(m) <= set(METHODS)), "a list of " + ", ".join(METHODS)),
             "seeds": cli.at_least(1), "parallel": cli.at_least(1), "eval_items": cli.at_least(0),
-            "deadline_s": cli.at_least(0),
+            "deadline_s": cli.at_least(0), "reproduce": cli.one_of("", *METHODS),
             "adapter_lrs": (_rates, "one or more positive numbers"), "full_lrs": (_rates, "one or more positive numbers"),
         })
 
@@ -530,7 +532,8 @@ def plot_routing(results, path):
         ax.plot(m["routing"]["per_layer"]["mi_normalised"], marker="o", markersize=3, label=m["label"].strip())
     ax.set_xlabel("adapted layer (block by block)")
     ax.set_ylabel("I(task; expert) / its maximum")
-    ax.set_ylim(0, 1)
+    top = max(v for m in moe.values() for v in m["routing"]["per_layer"]["mi_normalised"])
+    ax.set_ylim(0, max(0.1, 1.25 * top))  # 1 would be each task on its own experts
     ax.legend(fontsize=6)
     ax.set_title("task-expert information, mean over seeds", fontsize=8)
     fig.savefig(path, dpi=120)
@@ -548,6 +551,8 @@ def main(argv=None):
     if not os.path.exists(os.path.join(cfg.data_dir, "meta.json")):
         ensure(cfg.data_dir)  # the bundled suite, built once
     read_meta(cfg.data_dir)
+    if cfg.reproduce:
+        return reproduce(cfg, cfg.reproduce)
     grid = Grid(cfg)
     finished = True
     if not cfg.report_only:
@@ -564,6 +569,40 @@ def main(argv=None):
     print(f"[{grid.clock()}] " + ("the grid is complete" if finished else "stopped at the deadline: run it again to "
                                   "go on"))
     return results
+
+
+def reproduce(cfg, method):
+    """Run method's seed-1 table run again, alone, in work_dir/repro; its figures beside the grid's, in
+    out_dir/reproduce.md (the same numbers, to the GPU's nondeterminism; tokens/s alone against beside others)."""
+    picked = pick_rates(cfg, sweep_cells(cfg))
+    if method not in picked:
+        raise ValueError(f"{method} has no finished sweep: run the grid first")
+    cell = next(c for c in table_cells(cfg, picked) if c["method"] == method and c["seed"] == 1)
+    first = result_of(cell)
+    if first is None:
+        raise ValueError(f"{method}'s seed-1 table run has not finished: run the grid first")
+    again = dict(cell, phase="repro", dir=os.path.join(cfg.work_dir, "repro", os.path.relpath(cell["dir"], cfg.work_dir)))
+    again["train_argv"] = [a if not a.startswith("--out_dir=") else f"--out_dir={os.path.join(again['dir'], 'train')}"
+                           for a in cell["train_argv"]]
+    shutil.rmtree(again["dir"], ignore_errors=True)
+    grid = Grid(dataclasses.replace(cfg, parallel=1, deadline_s=0))
+    grid.run([again], "reproduce")
+    grid.check()
+    second = result_of(again)
+    rows = [("validation loss", "val_loss", "{:.4f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
+            ("train s", "train_s", "{:.0f}")]
+    lines = [f"# {method}, seed 1 (lr {cell['lr']:g}), run again alone", "",
+             "| | in the grid | alone, again |", "|---|---|---|"]
+    lines += [f"| {label} | {fmt.format(first[key])} | {fmt.format(second[key])} |" for label, key, fmt in rows]
+    lines += [f"| {task.removeprefix('syn_')} | {100 * first['accuracy'][task]:.1f} | "
+              f"{100 * second['accuracy'][task]:.1f} |" for task in first["accuracy"]]
+    both = [statistics.mean(r["accuracy"].values()) for r in (first, second)]
+    lines.append(f"| avg | {100 * both[0]:.1f} | {100 * both[1]:.1f} |")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "reproduce.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return first, second
 
 
 def describe_base(path, probe):

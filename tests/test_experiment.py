@@ -57,6 +57,10 @@ def test_a_tiny_grid_runs_reports_and_is_skipped_when_run_again(tmp_path, data_d
     assert all(0 <= v <= 1 + 1e-9 for v in routing["mi_normalised"])
     report = (tmp_path / "report" / "results.md").read_text()
     assert "| LoRA r16 | 2 |" in report and "| MoELoRA 8 x r2, top-2 | 2 |" in report
+
+    first, second = experiment.main(args + ["--reproduce=moelora"])  # one run again, alone: on a CPU, exactly
+    assert (second["val_loss"], second["accuracy"]) == (first["val_loss"], first["accuracy"])
+    assert "| validation loss |" in (tmp_path / "report" / "reproduce.md").read_text()
     stamps = {p: os.path.getmtime(p) for p in (tmp_path / "runs").rglob("result.json")}
 
     experiment.main(args)  # again: every run is finished, none runs

@@ -69,8 +69,8 @@ class ExperimentConfig:
     methods: tuple = METHODS
     seeds: int = 3  # the table's seeds are 1..seeds
     sweep_seed: int = 0  # the sweep's seed, not one of the table's
-    adapter_lrs: tuple = ("1e-3", "2e-3", "5e-3")  # the sweep's learning rates for adapters
-    full_lrs: tuple = ("1e-4", "3e-4", "1e-3")  # and for full fine-tuning
+    adapter_lrs: tuple = ("1e-3", "2e-3", "5e-3", "1e-2", "2e-2")  # the sweep's learning rates for adapters
+    full_lrs: tuple = ("1e-4", "3e-4", "1e-3", "3e-3")  # and for full fine-tuning
     eval_items: int = 0  # test items per task (0: all)
     parallel: int = 4  # runs at once
     deadline_s: float = 0  # start no run expected to end after this many seconds (0: none)

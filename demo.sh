@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole pipeline on a CPU, offline, from a fresh clone: set up .venv, build the bundled data, pretrain
-# the small base model (once; later runs reuse it), fine-tune MoELoRA adapters, print the accuracy table.
+# the small base model (once; later runs reuse it), fine-tune MoELoRA adapters and LoRA beside them at equal
+# parameters, print their accuracy table.
 #
-#     bash demo.sh            # about 14 minutes on 2 cores the first time (later runs reuse the base)
+#     bash demo.sh            # about 15 minutes on 2 cores the first time (later runs reuse the base)
 #
 # Everything it writes goes to .venv/ and out/ (both ignored by git).
 set -euo pipefail
@@ -32,8 +33,10 @@ else
 fi
 
 stamp "fine-tuning MoELoRA adapters on the 11 tasks"
-rm -rf out/demo/moelora  # a fresh run: train.py will not write over an earlier run's checkpoint
+rm -rf out/demo/moelora out/demo/lora  # fresh runs: train.py will not write over an earlier run's checkpoint
 python train.py config/demo_finetune.toml
-stamp "evaluating"
-python evaluate.py --ckpt=out/demo/moelora/ckpt.pt
+stamp "fine-tuning LoRA r8 on the same data, for the comparison (as many adapter parameters)"
+python train.py config/demo_finetune.toml --adapter.kind=lora --adapter.r=8 --adapter.alpha=16 --out_dir=out/demo/lora
+stamp "evaluating both"
+python evaluate.py --ckpt=out/demo/lora/ckpt.pt,out/demo/moelora/ckpt.pt --out=out/demo
 stamp "done"

@@ -218,6 +218,9 @@ def expert_output_cosines(layer, x):
     return cos[:, pairs[0], pairs[1]].mean(1)
 
 
+MAX_LOAD_PANELS = 16
+
+
 def plot_routing(routing, path):
     """Heatmaps of expert load (tasks x experts, one panel per layer) and of router entropy (tasks x layers).
     Returns False when matplotlib is not installed."""
@@ -229,6 +232,9 @@ def plot_routing(routing, path):
         return False
     tasks, layers = routing["tasks"], routing["layers"]
     load = torch.tensor(routing["load"])  # (tasks, layers, E)
+    if len(layers) > MAX_LOAD_PANELS:  # GPT-2 xl has 192 adapted layers: a readable figure shows a spread of them
+        shown = torch.linspace(0, len(layers) - 1, MAX_LOAD_PANELS).round().long()
+        layers, load = [layers[i] for i in shown], load[:, shown]
     n_panels = len(layers) + 1
     cols = min(4, n_panels)
     rows = (n_panels + cols - 1) // cols
@@ -245,12 +251,14 @@ def plot_routing(routing, path):
         ax.tick_params(axis="x", labelsize=7)
     fig.colorbar(im, ax=axes.flat[:len(layers)], fraction=0.02, label="share of routed tokens (x: expert)")
     ax = axes.flat[len(layers)]
-    ent = ax.imshow(torch.tensor(routing["entropy"]).numpy(), cmap="magma", aspect="auto")
+    ent = ax.imshow(torch.tensor(routing["entropy"]).numpy(), cmap="magma", aspect="auto")  # every layer
     ax.set_title("router entropy (nats)", fontsize=8)
     ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
-    ax.set_xticks(range(0, len(layers), max(1, len(layers) // 8)))
+    n_layers = len(routing["layers"])
+    ax.set_xticks(range(0, n_layers, max(1, n_layers // 8)))
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_xlabel("adapted layer (in the order above)", fontsize=7)
+    ax.set_xlabel("adapted layer (model order)" + (f"; load shown for {len(layers)} of {n_layers}"
+                                                   if n_layers > len(layers) else ""), fontsize=7)
     fig.colorbar(ent, ax=ax, fraction=0.05)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

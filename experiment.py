@@ -376,6 +376,7 @@ def mean_std(values):
 # the report
 
 def report(cfg, sweep, table, picked, base_info):
+    import evaluate
     from data.llm_adapters import table_name
     from data.prepare import read_meta
 
@@ -421,8 +422,10 @@ def report(cfg, sweep, table, picked, base_info):
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     drawn = plot_routing(results, os.path.join(cfg.out_dir, "routing.png"))
+    for name, routing in results.get("routing_seed1", {}).items():  # every layer's load, as evaluate.py draws it
+        evaluate.plot_routing(routing, os.path.join(cfg.out_dir, f"routing_{name}_seed1.png"))
     print("\n".join(lines))
-    print(f"\nwrote {cfg.out_dir}/results.md, results.json" + (", routing.png" if drawn else ""))
+    print(f"\nwrote {cfg.out_dir}/results.md, results.json" + (", routing*.png" if drawn else ""))
     return results
 
 

@@ -119,3 +119,23 @@ def test_expert_output_cosines_equal_the_direct_computation():
     by_hand = torch.stack([cos(outputs[:, e], outputs[:, f], dim=-1) for e, f in ((0, 1), (0, 2), (1, 2))]).mean(0)
     import evaluate
     torch.testing.assert_close(evaluate.expert_output_cosines(layer, x), by_hand)
+
+
+def test_routing_heatmaps_of_many_layers_show_a_spread_of_them(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="the plot extra (pip install -e '.[plot]') draws the figures")
+    import matplotlib.figure
+
+    import evaluate
+    tasks, n_layers, E = ["a", "b", "c"], 40, 4
+    routing = {"tasks": tasks, "layers": [f"h.{i // 4}.{i % 4}" for i in range(n_layers)],
+               "load": [[[1 / E] * E for _ in range(n_layers)] for _ in tasks],
+               "entropy": [[0.5] * n_layers for _ in tasks]}
+    drawn = {}
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (drawn.setdefault("images", [im for ax in fig.axes for im in ax.images]),
+                                              save(fig, *a, **k)))
+    assert evaluate.plot_routing(routing, tmp_path / "routing.png") and (tmp_path / "routing.png").exists()
+    # 16 load panels (tasks x experts) and the entropy panel (tasks x every layer)
+    shapes = [im.get_array().shape for im in drawn["images"]]
+    assert shapes == [(3, E)] * evaluate.MAX_LOAD_PANELS + [(3, n_layers)]

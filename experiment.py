@@ -6,6 +6,8 @@ ablations, a learning-rate sweep, several seeds, paired confidence intervals, an
     python experiment.py config/paper.toml --deadline_s=540       # start no run that would end after 9 minutes
     python experiment.py config/paper.toml --report_only=True     # the report from the runs finished so far
     python experiment.py config/paper.toml --methods=lora,moelora --seeds=2
+    python experiment.py config/paper.toml --reproduce=moelora    # its seed-1 run again, alone, compared
+    python experiment.py config/paper.toml --train_args=--device=cpu,--cuda_graph=False --parallel=1   # no GPU
 
 In order:
   1. the data (data.prepare) and the base model (train.py, mode=pretrain) once, into work_dir (or --base=ckpt);

@@ -218,7 +218,7 @@ def expert_output_cosines(layer, x):
     return cos[:, pairs[0], pairs[1]].mean(1)
 
 
-MAX_LOAD_PANELS = 16
+MAX_LOAD_PANELS = 24
 
 
 def plot_routing(routing, path):

@@ -136,6 +136,6 @@ def test_routing_heatmaps_of_many_layers_show_a_spread_of_them(tmp_path, monkeyp
                         lambda fig, *a, **k: (drawn.setdefault("images", [im for ax in fig.axes for im in ax.images]),
                                               save(fig, *a, **k)))
     assert evaluate.plot_routing(routing, tmp_path / "routing.png") and (tmp_path / "routing.png").exists()
-    # 16 load panels (tasks x experts) and the entropy panel (tasks x every layer)
+    # MAX_LOAD_PANELS load panels (tasks x experts) and the entropy panel (tasks x every layer)
     shapes = [im.get_array().shape for im in drawn["images"]]
     assert shapes == [(3, E)] * evaluate.MAX_LOAD_PANELS + [(3, n_layers)]

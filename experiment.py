@@ -130,11 +130,18 @@ def _cell(cfg, phase, method, seed, lr, args, evaluate):
 
 
 def result_of(cell):
+    """The finished run's result.json, or None; a result of other settings in the run's place is an error
+    rather than a stale number in the table."""
     path = os.path.join(cell["dir"], "result.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        result = json.load(f)
+    ran = result["cell"]
+    if (ran["train_argv"], ran["eval_items"]) != (cell["train_argv"], cell["eval_items"]):
+        raise ValueError(f"{path} was run with other settings ({' '.join(ran['train_argv'])}, eval_items="
+                         f"{ran['eval_items']}): remove that directory, or pass another --work_dir")
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def test_a_tiny_grid_runs_reports_and_is_skipped_when_run_again(tmp_path, data_d
     assert "| validation loss |" in (tmp_path / "report" / "reproduce.md").read_text()
     stamps = {p: os.path.getmtime(p) for p in (tmp_path / "runs").rglob("result.json")}
 
+    with pytest.raises(ValueError, match=r"lr0.001_seed0/result.json was run with other settings"):
+        experiment.main(args + ["--train_args=--max_iters=6"])  # a changed setting never reuses a result
     experiment.main(args)  # again: every run is finished, none runs
     out = capsys.readouterr().out
     assert "sweep: 4 runs, 4 done before, 0 to run" in out and "table: 4 runs, 4 done before, 0 to run" in out

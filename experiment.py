@@ -7,7 +7,8 @@ ablations, a learning-rate sweep, several seeds, paired confidence intervals, an
     python experiment.py config/paper.toml --report_only=True     # the report from the runs finished so far
     python experiment.py config/paper.toml --methods=lora,moelora --seeds=2
     python experiment.py config/paper.toml --reproduce=moelora    # its seed-1 run again, alone, compared
-    python experiment.py config/paper.toml --train_args=--device=cpu,--cuda_graph=False --parallel=1   # no GPU
+    python experiment.py config/paper.toml --base=out/demo/base/ckpt.pt --methods=lora,moelora --out_dir=out/cpu \
+        --work_dir=out/cpu --train_args=--cuda_graph=False,--max_iters=200 --parallel=1   # a CPU, the demo base
 
 In order:
   1. the data (data.prepare) and the base model (train.py, mode=pretrain) once, into work_dir (or --base=ckpt);

@@ -143,7 +143,7 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
         train.eager_step(gpt, gpt, optimizer, batches, 3e-4, tcfg, run)  # with clipping and the optimizer's update
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - t0, tokens
+        return time.perf_counter() - t0, tokens, batches[0][0].shape[1]
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -156,9 +156,12 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
         for i in range(cfg.warmup):
             step(data, 1 + i)
         timed = [step(data, 100 + i) for i in range(cfg.steps)]
-        step_s = statistics.median(t for t, _ in timed)
-        row[name] = {"step_ms": 1e3 * step_s, "tokens_per_s": sum(n for _, n in timed) / sum(t for t, _ in timed),
-                     "epoch_min": math.ceil(EPOCH_ITEMS[name] / cfg.batch_size) * step_s / 60}
+        step_s = statistics.median(t for t, _, _ in timed)
+        row[name] = {"step_ms": 1e3 * step_s, "tokens_per_s": sum(n for _, n, _ in timed) / sum(t for t, _, _ in timed),
+                     "epoch_min": math.ceil(EPOCH_ITEMS[name] / cfg.batch_size) * step_s / 60,
+                     # each timed step's padded length and time: a step much slower than its length says is
+                     # a first-time cost (a new shape), which a real epoch pays once per length
+                     "steps": [{"T": T, "ms": 1e3 * t} for t, _, T in timed]}
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
     decode_step_s = time_decoding(gpt, vocab_size, cuda, cfg.quick)
     row["eval_min"] = {group: decode_step_s * steps / 60 for group, steps in eval_steps().items()}

@@ -13,6 +13,7 @@ weights of GPT-2's real shapes; it trains on CUDA where there is one.
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -407,6 +408,9 @@ def test_gpt2_sizes_benchmark_plumbing(tmp_path, capsys):
     for r in rows:
         for name in ("math_10k", "commonsense_170k"):
             assert r[name]["step_ms"] > 0 and r[name]["epoch_min"] > 0
+            # each timed step's padded length: at most cutoff_len - 1 (inputs are shifted), the median's steps
+            assert r[name]["step_ms"] == pytest.approx(statistics.median(s["ms"] for s in r[name]["steps"]))
+            assert all(0 < s["T"] <= gpt2_sizes.CUTOFF - 1 for s in r[name]["steps"])
         assert r["eval_min"]["math"] > r["eval_min"]["commonsense"] > 0  # 66 x 256 steps against 146 x 32
     assert gpt2_sizes.eval_steps() == {"math": 66 * 256, "commonsense": 146 * 32}
     assert json.loads((tmp_path / "sizes.json").read_text())["rows"] == rows

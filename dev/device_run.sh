@@ -42,7 +42,7 @@ for step in "$@"; do
     compiled) run compiled 400 python3 bench.py --sections=compiled --batches=8 --json="$OUT/bench_compiled.json" ;;
     graphtests) run graphtests 200 python3 -m pytest -q -rs tests/test_gpu.py ;;
     autotest) run autotest 120 python3 -m pytest -q -rs tests/test_kernel.py -k auto ;;
-    llmadapters) MOELORA_E2E_GPT2=gpt2-xl run llmadapters 300 python3 -m pytest -q -rs -s tests/test_llm_adapters.py \
+    llmadapters) MOELORA_E2E_GPT2=gpt2-xl run llmadapters 500 python3 -m pytest -q -rs -s tests/test_llm_adapters.py \
                    -k end_to_end ;;
     nosplit) MOELORA_SPLITS=1 run nosplit 200 python3 bench.py --sections=layer,whole ;;
     profile) run profile 200 python3 -m dev.profile_e2e ;;

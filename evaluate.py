@@ -205,15 +205,13 @@ def routing_by_task(model, data_dir, max_items=0, device="cpu", batch_size=64):
 
 def expert_output_cosines(layer, x):
     """Per token of x (N, d_in): the cosine between two experts' outputs o_e = B_e A_e x, mean over the E(E-1)/2
-    pairs of a MoELoRALinear's experts, all of them (not only those chosen) -> (N,). From h = A_e x and B's Gram
-    matrix, as the contrastive loss computes them (<o_e, o_f> = h_e^T B_e^T B_f h_f), in float32."""
-    A, B = layer.lora_A.float(), layer.lora_B.float()  # (E, r, d_in), (E, d_out, r)
-    E = A.shape[0]
-    h = torch.einsum("nd,erd->ner", x.float(), A)  # (N, E, r)
-    G = torch.einsum("eor,fos->erfs", B, B)  # (E, r, E, r): B_e^T B_f
-    dots = torch.einsum("ner,erfs,nfs->nef", h, G, h)  # (N, E, E)
-    norms = dots.diagonal(dim1=1, dim2=2).clamp(min=1e-12).sqrt()  # (N, E)
-    cos = dots / (norms[:, :, None] * norms[:, None, :])
+    pairs of a MoELoRALinear's experts, all of them (not only those chosen) -> (N,). In rank space, with the
+    contrastive loss's own helpers: h = A_e x and G = B_cat^T B_cat give <o_e, o_f> = h_e^T G_ef h_f."""
+    N, E, r = x.shape[0], layer.n_experts, layer.r
+    h, G = moelora._rank_space([x], [layer.lora_A], [layer.lora_B], torch.arange(N, device=x.device)[None])
+    u = h.new_zeros(1, N, E, E, r)  # expert e's slot: its h in its own r columns of E*r, zeros elsewhere
+    u[:, :, range(E), range(E)] = h
+    cos = moelora._cosines(u.view(1, N, E, E * r), G)[0]  # (N, E, E)
     pairs = torch.triu_indices(E, E, offset=1)
     return cos[:, pairs[0], pairs[1]].mean(1)
 

@@ -250,18 +250,19 @@ class Grid:
         os.makedirs(cell["dir"], exist_ok=True)
         with open(os.path.join(cell["dir"], "spec.json"), "w") as f:
             json.dump(cell, f, indent=1)
-        output = open(os.path.join(cell["dir"], "output.log"), "w")
         # the runs share the CPU: each its share of the threads (the GPU does their arithmetic)
         threads = str(max(1, (os.cpu_count() or 1) // self.cfg.parallel))
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))
-        return subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--cell={cell['dir']}"],
-                                stdout=output, stderr=subprocess.STDOUT, env=env)
+        with open(os.path.join(cell["dir"], "output.log"), "w") as output:  # the child keeps its own copy
+            return subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--cell={cell['dir']}"],
+                                    stdout=output, stderr=subprocess.STDOUT, env=env)
 
     def finished(self, cell, code, seconds, count):
         result = result_of(cell)
         if code != 0 or result is None:
             self.failed.append(cell)
-            tail = open(os.path.join(cell["dir"], "output.log")).read().strip().splitlines()[-1:] or ["(no output)"]
+            with open(os.path.join(cell["dir"], "output.log")) as f:
+                tail = f.read().strip().splitlines()[-1:] or ["(no output)"]
             print(f"[{self.clock()}] {count} {_name(cell)}: FAILED (exit {code}): {tail[0]}", flush=True)
             return
         self.durations.append(seconds)
@@ -320,12 +321,11 @@ def probe_base(cfg):
 
 def pick_rates(cfg, cells):
     """The learning rate with the lowest validation loss, per method, over the sweep's finished runs."""
-    picked = {}
-    for name in cfg.methods:
-        runs = [(result_of(c)["val_loss"], c["lr"]) for c in cells if c["method"] == name and result_of(c)]
-        if runs:
-            picked[name] = min(runs)[1]
-    return picked
+    best = {}  # method -> (val loss, lr)
+    for cell in cells:
+        if (result := result_of(cell)) is not None:
+            best[cell["method"]] = min(best.get(cell["method"], (math.inf, None)), (result["val_loss"], cell["lr"]))
+    return {name: best[name][1] for name in cfg.methods if name in best}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -30,13 +30,14 @@ Sections (--sections, comma-separated; default layer,whole,e2e,compiled,train):
             step synchronised: training tokens/s for LoRA r=16, MoELoRA with the kernel (8 experts of rank 2,
             top-2: equal parameters), MoELoRA on the reference path, and without the contrastive loss; batch 8
             and 32 x 1024; eager, and the step as a CUDA graph (train.GraphedStep, train.py's --cuda_graph).
-  compiled  LoRA and MoELoRA (kernel, reference) with the model under torch.compile, without and with the CUDA
-            graph.
+  compiled  LoRA and MoELoRA (kernel, reference) with the step's loss (train.TrainingLoss: the model and its
+            auxiliary losses) under torch.compile, as train.py's --compile, without and with the CUDA graph.
   train     train.py itself fine-tuning on the bundled tasks (tokens/s from its log, the first interval dropped;
-            tokens are example tokens, padding not counted), eager and with --cuda_graph=True:
+            tokens are example tokens, padding not counted), eager, with --cuda_graph=True, and for GPT-2-small's
+            LoRA and MoELoRA also with --compile=True (the model and its auxiliary losses compiled together):
             the demo's size (4 x 128, LoRA r8 against MoELoRA 4 x r2 top-2) and GPT-2-small's shape (12 x 768,
             batch 64, LoRA r16 against MoELoRA 8 x r2 top-2, contrastive "expert", "comoe" and "none"), random
-            base weights (speed does not depend on them).
+            base weights (speed does not depend on them); the adapters' impl is train.py's default, "auto".
 Times are medians of CUDA-event-timed runs after warm-up, rotating between input sets that together exceed the
 L2 cache; ratios are against baselines measured in the same run.
 """
@@ -296,7 +297,8 @@ E2E_MODES = {"e2e": ("eager", "graph"), "compiled": ("compile", "compile+graph")
 def bench_e2e(name, cfg, batch, quick, mode="eager"):
     """ms per step of train.py's own training step (train.train_step: forward, backward, clipping, fused
     AdamW) on a GPT-2-124M-shaped model; mode: "eager", "graph" (train.GraphedStep: the step as a CUDA graph),
-    "compile" (the model under torch.compile) or "compile+graph"."""
+    "compile" (train.TrainingLoss, the model with its auxiliary losses, under torch.compile) or
+    "compile+graph"."""
     import train  # a script, imported only here
     torch.manual_seed(0)
     gcfg = GPTConfig(n_layer=2) if quick else GPTConfig()
@@ -308,17 +310,19 @@ def bench_e2e(name, cfg, batch, quick, mode="eager"):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphed)
     run = train.Run(ddp=False, rank=0, world=1, device="cuda", device_type="cuda", dtype="bfloat16",
                     autocast=autocast, accum=1)
-    # compiled: the many small ops of routing and the auxiliary losses fuse into few kernels
-    forward = torch.compile(model) if mode.startswith("compile") else model
+    # compiled: the model and its auxiliary losses (train.TrainingLoss) together, so that the many small ops
+    # of routing and the losses fuse into few kernels
+    step_loss = train.TrainingLoss(model, cfg)
+    step_loss = torch.compile(step_loss) if mode.startswith("compile") else step_loss
     opt = model.configure_optimizers(0.0, 1e-4, (0.9, 0.99), "cuda")
     gen = torch.Generator(device="cuda").manual_seed(1)
     idx = torch.randint(0, gcfg.vocab_size, (batch, gcfg.block_size + 1), device="cuda", generator=gen)
     inputs = [idx[:, :-1].contiguous(), idx[:, 1:].contiguous(), torch.ones(batch, gcfg.block_size, device="cuda")]
     if graphed:
-        graph_step = train.GraphedStep(forward, model, opt, tcfg, run)
+        graph_step = train.GraphedStep(step_loss, model, opt, tcfg, run)
         step = lambda: graph_step(inputs, 1e-4)  # noqa: E731
     else:
-        step = lambda: train.eager_step(forward, model, opt, [inputs], 1e-4, tcfg, run)  # noqa: E731
+        step = lambda: train.eager_step(step_loss, model, opt, [inputs], 1e-4, tcfg, run)  # noqa: E731
 
     warmup, reps = (train.GraphedStep.WARMUP + 1, 3) if quick else (train.GraphedStep.WARMUP + 2, 10)
     times = []
@@ -329,7 +333,7 @@ def bench_e2e(name, cfg, batch, quick, mode="eager"):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     counts = moelora.count_parameters(model)
-    del model, forward, opt, step
+    del model, step_loss, opt, step
     torch.cuda.empty_cache()
     step_s = statistics.median(times[warmup:])
     return {"config": name, "batch": batch, "seq": gcfg.block_size, "mode": mode,
@@ -374,6 +378,8 @@ TRAIN_RUNS = {  # name: (model, adapter overrides)
 }
 TRAIN_RUNS.update({f"{name}, cuda_graph": (size, [*overrides, "--cuda_graph=True"])
                    for name, (size, overrides) in list(TRAIN_RUNS.items())})
+TRAIN_RUNS.update({f"{name}, compile": ("gpt2", [*TRAIN_RUNS[name][1], "--compile=True"])  # fixed shapes only
+                   for name in ("gpt2, LoRA r16, cuda_graph", "gpt2, MoELoRA 8 x r2, cuda_graph")})
 TRAIN_MODELS = {"demo": ["--n_layer=4", "--n_head=4", "--n_embd=128", "--batch_size=16"],
                 "gpt2": ["--n_layer=12", "--n_head=12", "--n_embd=768", "--batch_size=64"]}
 
@@ -395,8 +401,7 @@ def bench_train(quick, work, device="cuda"):
         train.main(["--mode=finetune", f"--init_from={work}/base_{size}/ckpt.pt", f"--out_dir={out}",
                     f"--max_iters={iters}", f"--log_interval={log_every}", f"--eval_interval={iters}",
                     "--adapter.targets=attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj", "--adapter.r=2",
-                    "--adapter.alpha=4", "--adapter.n_experts=4", f"--adapter.impl={'cuda' if device == 'cuda' else 'ref'}", *common,
-                    *TRAIN_MODELS[size], *overrides])
+                    "--adapter.alpha=4", "--adapter.n_experts=4", *common, *TRAIN_MODELS[size], *overrides])
         with open(f"{out}/log.jsonl") as f:
             speeds = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r][1:]  # warm-up dropped
         rows.append({"run": name, "model": size, "tokens_per_s": statistics.median(speeds),
@@ -409,6 +414,7 @@ def train_targets(rows):
     pairs = [("demo, MoELoRA 4 x r2", "demo, LoRA r8", 0.80), ("gpt2, MoELoRA 8 x r2", "gpt2, LoRA r16", 0.90),
              ("gpt2, MoELoRA, contrastive comoe", "gpt2, LoRA r16", 0.85)]
     pairs += [(f"{a}, cuda_graph", f"{b}, cuda_graph", need) for a, b, need in pairs]
+    pairs.append(("gpt2, MoELoRA 8 x r2, cuda_graph, compile", "gpt2, LoRA r16, cuda_graph, compile", 0.90))
     return [(f"train.py tokens/s {a} / {b} >= {need:.2f}", tps[a] / tps[b], tps[a] / tps[b] >= need)
             for a, b, need in pairs]
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
@@ -285,23 +286,40 @@ def step_batches(data, step, cfg, run, pad_to=None):
     return [to_device(b, run) for b in micros], sum(b[3] for b in micros) * run.world
 
 
-def train_step(model, raw_model, optimizer, batches, cfg, run):
+class TrainingLoss(nn.Module):
+    """What a training step differentiates: the model's language-model loss plus the adapters' auxiliary
+    losses (moelora.collect_aux, auxiliary_loss), in one forward. One module so that --compile traces all
+    of it: the router's balance and contrastive losses are many small ops, which torch.compile fuses only
+    when they are inside the compiled region. Returns (loss, the detached float (lm, balance, contrastive)
+    to log; a term the model lacks is 0)."""
+
+    def __init__(self, model, adapter_cfg):
+        super().__init__()
+        self.model, self.adapter_cfg = model, adapter_cfg
+
+    def forward(self, x, y, mask):
+        _, lm_loss = self.model(x, y, loss_mask=mask)
+        aux = moelora.collect_aux(self.model)
+        loss = lm_loss + moelora.auxiliary_loss(aux, self.adapter_cfg)
+        terms = [aux[k] if aux[k] is not None else lm_loss.new_zeros(()) for k in ("balance", "contrastive")]
+        return loss, torch.stack([lm_loss, *terms]).detach().float()
+
+
+def train_step(step_loss, raw_model, optimizer, batches, cfg, run):
     """One optimisation step over this process's micro-batches (each x, y, mask on the device): forward and
     backward (DDP averages the gradients over processes), gradient clipping, the optimizer's update.
+    step_loss: a TrainingLoss of raw_model, maybe compiled or DDP-wrapped.
     Returns a device tensor (lm, balance, contrastive, gradient norm), the losses averaged over micro-batches
     and processes. Nothing here waits for the GPU (the loop reads the values when it logs), which is also
     what lets a CUDA graph hold the whole step (GraphedStep)."""
     sums = torch.zeros(3, device=run.device)
     for micro, (x, y, mask) in enumerate(batches):
         if run.ddp:  # all-reduce the gradients only on the last micro-batch
-            model.require_backward_grad_sync = micro == len(batches) - 1
+            step_loss.require_backward_grad_sync = micro == len(batches) - 1
         with run.autocast:
-            _, lm_loss = model(x, y, loss_mask=mask)
-            aux = moelora.collect_aux(raw_model)
-            loss = lm_loss + moelora.auxiliary_loss(aux, cfg.adapter)
+            loss, terms = step_loss(x, y, mask)
         (loss / len(batches)).backward()
-        terms = [aux[k] if aux[k] is not None else lm_loss.new_zeros(()) for k in ("balance", "contrastive")]
-        sums += torch.stack([lm_loss.detach(), *terms]).detach().float()
+        sums += terms
     losses = sums / len(batches)
     if run.ddp:
         dist.all_reduce(losses, op=dist.ReduceOp.SUM)  # gloo has no AVG
@@ -311,11 +329,11 @@ def train_step(model, raw_model, optimizer, batches, cfg, run):
     return torch.cat([losses, grad_norm.float().reshape(1)])
 
 
-def eager_step(model, raw_model, optimizer, batches, lr, cfg, run):
+def eager_step(step_loss, raw_model, optimizer, batches, lr, cfg, run):
     """train_step at learning rate lr, launched op by op; the gradients are cleared for the next step."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    values = train_step(model, raw_model, optimizer, batches, cfg, run)
+    values = train_step(step_loss, raw_model, optimizer, batches, cfg, run)
     optimizer.zero_grad(set_to_none=True)
     return values
 
@@ -332,8 +350,9 @@ class GraphedStep:
 
     WARMUP = 3
 
-    def __init__(self, model, raw_model, optimizer, cfg, run):
-        self.model, self.raw_model, self.optimizer, self.cfg, self.run = model, raw_model, optimizer, cfg, run
+    def __init__(self, step_loss, raw_model, optimizer, cfg, run):
+        self.step_loss, self.raw_model, self.optimizer = step_loss, raw_model, optimizer
+        self.cfg, self.run = cfg, run
         self.steps, self.graph = 0, None
 
     def __call__(self, batch, lr):
@@ -342,7 +361,7 @@ class GraphedStep:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                out = eager_step(self.model, self.raw_model, self.optimizer, [batch], lr, self.cfg, self.run)
+                out = eager_step(self.step_loss, self.raw_model, self.optimizer, [batch], lr, self.cfg, self.run)
             torch.cuda.current_stream().wait_stream(side)
             return out
         if self.graph is None:
@@ -352,7 +371,7 @@ class GraphedStep:
                 group["lr"], group["capturable"] = self.lr, True
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):  # recorded, not run: the replay below runs it
-                self.out = train_step(self.model, self.raw_model, self.optimizer, [self.inputs], self.cfg, self.run)
+                self.out = train_step(self.step_loss, self.raw_model, self.optimizer, [self.inputs], self.cfg, self.run)
         for static, t in zip(self.inputs, batch):
             static.copy_(t, non_blocking=True)
         self.lr.fill_(lr)
@@ -580,10 +599,12 @@ def main(argv=None):
             saved_step = step
             checkpoint.set_rng_state(resume["rng"])
         raw_model = model  # saved and inspected: never the compiled or DDP wrapper
+        step_loss = TrainingLoss(model, cfg.adapter)  # what a step differentiates: compiled and wrapped whole
         if cfg.compile:
-            model = torch.compile(model)
+            step_loss = torch.compile(step_loss)
         if run.ddp:
-            model = DDP(model, device_ids=[int(run.device.split(":")[1])] if run.device_type == "cuda" else None)
+            device_ids = [int(run.device.split(":")[1])] if run.device_type == "cuda" else None
+            step_loss = DDP(step_loss, device_ids=device_ids)
 
         def save():
             nonlocal saved_step
@@ -597,7 +618,7 @@ def main(argv=None):
             print(f"{cfg.mode} | adapter={cfg.adapter.kind if cfg.mode == 'finetune' else '-'} | device={run.device} "
                   f"x{run.world} | dtype={run.dtype} | params: base {counts['base']:,}, adapter {counts['adapter']:,}, "
                   f"router {counts['router']:,}, trainable {counts['trainable']:,}")
-        graphed = GraphedStep(model, raw_model, optimizer, cfg, run) if cfg.cuda_graph else None
+        graphed = GraphedStep(step_loss, raw_model, optimizer, cfg, run) if cfg.cuda_graph else None
         pad_to = raw_model.config.block_size if graphed else None  # a CUDA graph: every batch of one shape
         watch = NonFiniteWatch(run.device, step)
         t_last, tokens_since = time.time(), 0
@@ -615,7 +636,7 @@ def main(argv=None):
                 if graphed:
                     values = graphed(batches[0], lr)
                 else:
-                    values = eager_step(model, raw_model, optimizer, batches, lr, cfg, run)
+                    values = eager_step(step_loss, raw_model, optimizer, batches, lr, cfg, run)
                 watch.update(values)
                 step += 1
 

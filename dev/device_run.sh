@@ -8,7 +8,8 @@
 # sections) or one at a time: layer (layer and whole), e2e, train, compiled (the torch.compile section, batch 8);
 # autotest (impl="auto"'s choice), llmadapters (LLM-Adapters' files -> prepare -> train -> evaluate at gpt2-xl's
 # shape), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
-# section with the kernel's column splits off, to compare). logs.tgz is rewritten after every step, so a call
+# section with the kernel's column splits off, to compare), newlength (dev/new_length_cost.py: where a new padded
+# length's one-off cost comes from). logs.tgz is rewritten after every step, so a call
 # cut off at its time limit still brings back the logs of the steps it finished.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -38,7 +39,7 @@ for step in "$@"; do
     bench) run bench 480 python3 bench.py --sections=layer,whole,e2e,train --json="$OUT/bench.json" ;;
     layer) run layer 240 python3 bench.py --sections=layer,whole --json="$OUT/bench_layer.json" ;;
     e2e) run e2e 240 python3 bench.py --sections=e2e --json="$OUT/bench_e2e.json" ;;
-    train) run train 300 python3 bench.py --sections=train --json="$OUT/bench_train.json" ;;
+    train) run train 450 python3 bench.py --sections=train --json="$OUT/bench_train.json" ;;
     compiled) run compiled 400 python3 bench.py --sections=compiled --batches=8 --json="$OUT/bench_compiled.json" ;;
     graphtests) run graphtests 200 python3 -m pytest -q -rs tests/test_gpu.py ;;
     autotest) run autotest 120 python3 -m pytest -q -rs tests/test_kernel.py -k auto ;;
@@ -48,6 +49,7 @@ for step in "$@"; do
     profile) run profile 200 python3 -m dev.profile_e2e ;;
     timing) run timing 120 python3 -m dev.check_and_time --time_only=1 ;;
     sizes) run sizes 300 python3 -m dev.gpt2_sizes --json="$OUT/gpt2_sizes.json" ;;
+    newlength) run newlength 150 python3 -m dev.new_length_cost ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -8,7 +8,10 @@ LLM-Adapters' math_10k and commonsense_170k takes, for LoRA r16 and MoELoRA 8 x 
 What is timed is train.py's own step: train.train_step on train.Data batches (whole examples right-padded to
 the batch's longest), gradient clipping, the fused AdamW; bf16 autocast on CUDA; adapters on attn.c_attn,
 attn.c_proj, mlp.c_fc and mlp.c_proj; weights random, of each size's real shape (speed and memory do not depend
-on their values). Each step is synchronised; the table gives the median of --steps timed steps after --warmup.
+on their values). Each step is synchronised. Each timed batch is stepped twice: the first time may pay a
+one-off cost for a padded length the process has not run before (measured on the H200: ~0.2 s per new length,
+whatever the adapter; a cache of per-shape work, not the step), the second is the steady state. The table gives
+the median steady step of --steps timed batches after --warmup, and the median one-off cost of a new length.
 Peak memory is torch.cuda.max_memory_allocated over a case, weights included, and the case starts with one
 batch of cutoff_len-token examples, the worst a prepared data directory holds.
 
@@ -20,8 +23,9 @@ files (the training files themselves are not in this repository): GPT-2 pre-toke
     commonsense_170k-like boolq, piqa, social_i_qa, winogrande, ARC-e, ARC-c, openbookqa weighted as
                           commonsense_170k mixes them, with the 6-token answer; hellaswag's share (23%, its test
                           set is not in the repository we read) put at 160-224 tokens: median ~115
-An epoch is ceil(items / batch_size) steps of the median step: math_10k 10,000 items, commonsense_170k
-170,000 (their nominal sizes; train.py samples batches with replacement, so an "epoch" is a number of steps).
+An epoch is ceil(items / batch_size) steps of the median steady step, plus the one-off cost once for each padded
+length an epoch's batches have (sampled from LENGTHS): math_10k 10,000 items, commonsense_170k 170,000 (their
+nominal sizes; train.py samples batches with replacement, so an "epoch" is a number of steps).
 
 Evaluation as evaluate.py runs it (float32 weights, greedy, batches of 64 prompts, KV cache): one batch of
 64 prompts of 128 tokens decodes 64 tokens, timed; the test sets' time is that step time times their decoding
@@ -134,19 +138,30 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
     run = train.setup_run(tcfg)
     optimizer = gpt.configure_optimizers(0.0, 3e-4, (0.9, 0.99), run.device_type)
     cuda = run.device_type == "cuda"
+    step_loss = train.TrainingLoss(gpt, adapter)
 
     def step(data, i):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         batches, tokens = train.step_batches(data, i, tcfg, run)
-        train.eager_step(gpt, gpt, optimizer, batches, 3e-4, tcfg, run)  # with clipping and the optimizer's update
+        train.eager_step(step_loss, gpt, optimizer, batches, 3e-4, tcfg, run)  # with clipping and the update
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0, tokens, batches[0][0].shape[1]
 
+    def timed_step(data, i):
+        """A batch stepped twice: (first time, second time, tokens, padded length, whether the length was new)."""
+        first, tokens, T = step(data, i)
+        new = T not in seen_lengths
+        seen_lengths.add(T)
+        return first, step(data, i)[0], tokens, T, new
+
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    # lengths this row has run (the full-length step below runs cutoff_len - 1 first); one that another row ran
+    # earlier in the process may already be cached: the cost is per process, not per row
+    seen_lengths = {CUTOFF - 1}
     counts = moelora.count_parameters(gpt)
     row = {"size": size, "adapter": kind, "batch": cfg.batch_size, "params": counts["base"],
            "trainable": counts["trainable"], "full_length_step_s": step(FullLength(vocab_size), 0)[0]}
@@ -154,14 +169,18 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
         data = train.Data(directory, "finetune", seed=1)
         data.block_size = 1024
         for i in range(cfg.warmup):
-            step(data, 1 + i)
-        timed = [step(data, 100 + i) for i in range(cfg.steps)]
-        step_s = statistics.median(t for t, _, _ in timed)
-        row[name] = {"step_ms": 1e3 * step_s, "tokens_per_s": sum(n for _, n, _ in timed) / sum(t for t, _, _ in timed),
-                     "epoch_min": math.ceil(EPOCH_ITEMS[name] / cfg.batch_size) * step_s / 60,
-                     # each timed step's padded length and time: a step much slower than its length says is
-                     # a first-time cost (a new shape), which a real epoch pays once per length
-                     "steps": [{"T": T, "ms": 1e3 * t} for t, _, T in timed]}
+            seen_lengths.add(step(data, 1 + i)[2])
+        timed = [timed_step(data, 100 + i) for i in range(cfg.steps)]
+        step_s = statistics.median(again for _, again, _, _, _ in timed)
+        extras = [max(first - again, 0.0) for first, again, _, _, new in timed if new]
+        new_length_s = statistics.median(extras) if extras else 0.0
+        steps = math.ceil(EPOCH_ITEMS[name] / cfg.batch_size)
+        lengths = epoch_lengths(name, steps, cfg.batch_size)
+        row[name] = {"step_ms": 1e3 * step_s, "tokens_per_s": sum(t[2] for t in timed) / sum(t[1] for t in timed),
+                     "new_length_ms": 1e3 * new_length_s, "epoch_lengths": lengths,
+                     "epoch_min": (steps * step_s + lengths * new_length_s) / 60,
+                     "steps": [{"T": T, "first_ms": 1e3 * first, "again_ms": 1e3 * again, "new_length": new}
+                               for first, again, _, T, new in timed]}
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
     decode_step_s = time_decoding(gpt, vocab_size, cuda, cfg.quick)
     row["eval_min"] = {group: decode_step_s * steps / 60 for group, steps in eval_steps().items()}
@@ -169,6 +188,17 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
     if cuda:
         torch.cuda.empty_cache()
     return row
+
+
+def epoch_lengths(name, steps, batch_size, seed=0):
+    """How many distinct padded lengths (the longest example of a batch, less the shift) an epoch of steps
+    batches of LENGTHS[name] examples has: the number of times it pays a new length's one-off cost."""
+    rng = np.random.default_rng(seed)
+    bins = LENGTHS[name]
+    which = rng.choice(len(bins), size=(steps, batch_size), p=[share for _, _, share in bins])
+    low, high = np.array([b[0] for b in bins]), np.array([b[1] for b in bins])
+    lengths = rng.integers(low[which], high[which])
+    return len(np.unique(lengths.max(1) - 1))
 
 
 def time_decoding(gpt, vocab_size, cuda, quick):
@@ -193,18 +223,19 @@ def eval_steps():
 
 
 def format_rows(rows):
-    lines = ["| model | adapter | batch | peak GB | math_10k ms/step | tokens/s | epoch (min) | commonsense_170k "
-             "ms/step | tokens/s | epoch (min) | eval math (min, at most) | eval commonsense |", "|" + "---|" * 12]
+    lines = ["| model | adapter | batch | peak GB | math_10k ms/step | new length ms | tokens/s | epoch (min) | "
+             "commonsense_170k ms/step | new length ms | tokens/s | epoch (min) | eval math (min, at most) | "
+             "eval commonsense |", "|" + "---|" * 14]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {r['error']} |" + " |" * 10)
             continue
         m, c = r["math_10k"], r["commonsense_170k"]
         peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
-        lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {peak} | {m['step_ms']:.0f} | "
-                     f"{m['tokens_per_s']:,.0f} | {m['epoch_min']:.1f} | {c['step_ms']:.0f} | "
-                     f"{c['tokens_per_s']:,.0f} | {c['epoch_min']:.1f} | {r['eval_min']['math']:.1f} | "
-                     f"{r['eval_min']['commonsense']:.1f} |")
+        data = [f"{d['step_ms']:.0f} | {d['new_length_ms']:.0f} | {d['tokens_per_s']:,.0f} | {d['epoch_min']:.1f}"
+                for d in (m, c)]
+        lines.append(f"| {r['size']} | {r['adapter']} | {r['batch']} | {peak} | {data[0]} | {data[1]} | "
+                     f"{r['eval_min']['math']:.1f} | {r['eval_min']['commonsense']:.1f} |")
     return "\n".join(lines)
 
 
@@ -220,8 +251,8 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, batch_size=2, warmup=0, steps=1)
     info = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
             "torch": torch.__version__, "batch_size": cfg.batch_size, "steps": cfg.steps}
-    print(f"{info['device']}, torch {info['torch']}; batch {cfg.batch_size}, median of {cfg.steps} steps after "
-          f"{cfg.warmup} warm-up; bf16 autocast on CUDA", flush=True)
+    print(f"{info['device']}, torch {info['torch']}; batch {cfg.batch_size}, median of {cfg.steps} batches (each "
+          f"stepped twice) after {cfg.warmup} warm-up; bf16 autocast on CUDA", flush=True)
     if device.startswith("cuda") and "moelora" in cfg.adapters:
         import kernel
         t0 = time.time()

@@ -68,13 +68,14 @@ def test_cuda_graph_step_equals_the_eager_step(impl):
         opt = m.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cuda")
         run = train.Run(False, 0, 1, "cuda", "cuda", "bfloat16",
                         torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False), 1)
-        step = train.GraphedStep(m, m, opt, tcfg, run) if graphed else None
+        step_loss = train.TrainingLoss(m, cfg)
+        step = train.GraphedStep(step_loss, m, opt, tcfg, run) if graphed else None
         losses = []
         for i, batch in enumerate(batches):
             if graphed:
                 losses.append(step(batch, 1e-2 / (i + 1)).clone())
             else:
-                losses.append(train.eager_step(m, m, opt, [batch], 1e-2 / (i + 1), tcfg, run))
+                losses.append(train.eager_step(step_loss, m, opt, [batch], 1e-2 / (i + 1), tcfg, run))
         assert not graphed or step.graph is not None  # the last steps were replays
         results.append((torch.stack(losses), [p.detach().clone() for p in m.parameters() if p.requires_grad]))
     (eager, eager_w), (replayed, replayed_w) = results

@@ -105,6 +105,39 @@ def test_padded_batches_are_the_same_examples(data_dir):
     assert not px[:, T:].any() and not pmask[:, T:].any()
 
 
+@pytest.mark.parametrize("kind", ["moelora", "lora"])
+def test_training_loss_compiles_whole_and_equals_eager(kind):
+    """--compile compiles train.TrainingLoss: the model with its auxiliary losses in one graph (fullgraph fails
+    on a graph break: the layers' kept routing, collect_aux's walk over the modules, the contrastive subsample).
+    Same seed, same loss, logged terms and adapter gradients as eager."""
+    from model import GPT, GPTConfig
+    cfg = moelora.AdapterConfig(kind=kind, r=2, dropout=0.0, n_experts=4, top_k=2, contrastive_tokens=24,
+                                targets=("attn.c_attn", "mlp.c_fc"))
+    torch.manual_seed(0)
+    gpt = moelora.mark_only_adapters_trainable(moelora.inject(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32,
+                                                                            vocab_size=64, block_size=16)), cfg))
+    with torch.no_grad():  # B is zero at init: give the experts, and so the contrastive loss, something to say
+        for name, p in gpt.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(std=0.1)
+    x, y = torch.randint(0, 64, (2, 2, 16)).unbind()
+    mask = torch.ones(2, 16)
+    step_loss = train.TrainingLoss(gpt, cfg)
+    results = []
+    for fn in (step_loss, torch.compile(step_loss, fullgraph=True, backend="aot_eager")):
+        torch.manual_seed(1)
+        loss, terms = fn(x, y, mask)
+        loss.backward()
+        results.append((loss.detach(), terms, [p.grad.clone() for p in gpt.parameters() if p.requires_grad]))
+        gpt.zero_grad(set_to_none=True)
+    (eager, eager_terms, eager_grads), (compiled, compiled_terms, compiled_grads) = results
+    assert (eager_terms[1:] > 0).all() == (kind == "moelora")  # balance and contrastive: MoELoRA's only
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_terms, eager_terms)
+    for c, e in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(c, e)
+
+
 def test_non_finite_watch_names_the_first_bad_step():
     watch = train.NonFiniteWatch("cpu", step=10)
     for values in ([1.0, 0.1, 0.2, 3.0], [2.0, 0.1, 0.2, float("inf")], [float("nan")] * 4):

@@ -430,6 +430,7 @@ def main(argv=None):
         raise SystemExit("bench.py needs a CUDA GPU")
     quick = cfg.quick
     kernel.load_kernel()  # build first, so that no timing includes it
+    torch.backends.cuda.enable_cudnn_sdp(False)  # attention as train.py runs it (train.setup_run says why)
     bw = copy_bandwidth_gbs(5 if quick else 20)
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_gbs": bw, "quick": quick}
     print(f"{info['device']}, torch {info['torch']}; measured copy bandwidth {bw:.0f} GB/s (read + write)")

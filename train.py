@@ -463,6 +463,11 @@ def setup_run(cfg):
     if cfg.uses_adapters and cfg.adapter.impl == "cuda" and device_type != "cuda":
         raise cli.ConfigError(f"adapter.impl=cuda runs the CUDA kernel, which needs device=cuda (here {device})")
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    if device_type == "cuda":
+        # fine-tuning batches are padded to their longest example, so their length changes from step to step;
+        # cuDNN's attention, which F.scaled_dot_product_attention prefers on Hopper, builds a plan for every new
+        # shape (~0.1 s on an H200, dev/new_length_cost.py), flash attention next to nothing
+        torch.backends.cuda.enable_cudnn_sdp(False)
     rank, world = 0, 1
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")

@@ -48,7 +48,7 @@ for step in "$@"; do
     nosplit) MOELORA_SPLITS=1 run nosplit 200 python3 bench.py --sections=layer,whole ;;
     profile) run profile 200 python3 -m dev.profile_e2e ;;
     timing) run timing 120 python3 -m dev.check_and_time --time_only=1 ;;
-    sizes) run sizes 300 python3 -m dev.gpt2_sizes --json="$OUT/gpt2_sizes.json" ;;
+    sizes) run sizes 500 python3 -m dev.gpt2_sizes --json="$OUT/gpt2_sizes.json" ;;
     newlength) run newlength 150 python3 -m dev.new_length_cost ;;
     *) echo "unknown step $step" ;;
   esac

@@ -9,8 +9,9 @@ What is timed is train.py's own step: train.train_step on train.Data batches (wh
 the batch's longest), gradient clipping, the fused AdamW; bf16 autocast on CUDA; adapters on attn.c_attn,
 attn.c_proj, mlp.c_fc and mlp.c_proj; weights random, of each size's real shape (speed and memory do not depend
 on their values). Each step is synchronised. Each timed batch is stepped twice: the first time may pay a
-one-off cost for a padded length the process has not run before (measured on the H200: ~0.2 s per new length,
-whatever the adapter; a cache of per-shape work, not the step), the second is the steady state. The table gives
+one-off cost for a padded length the process has not run before (per-shape work cached per process: cuDNN's
+attention plans took ~0.1-0.2 s each on the H200 until train.setup_run turned them off; tens of ms remain), the
+second is the steady state. The table gives
 the median steady step of --steps timed batches after --warmup, and the median one-off cost of a new length.
 Peak memory is torch.cuda.max_memory_allocated over a case, weights included, and the case starts with one
 batch of cutoff_len-token examples, the worst a prepared data directory holds.
@@ -28,7 +29,7 @@ length an epoch's batches have (sampled from LENGTHS): math_10k 10,000 items, co
 nominal sizes; train.py samples batches with replacement, so an "epoch" is a number of steps).
 
 Evaluation as evaluate.py runs it (float32 weights, greedy, batches of 64 prompts, KV cache): one batch of
-64 prompts of 128 tokens decodes 64 tokens, timed; the test sets' time is that step time times their decoding
+64 prompts of 128 tokens decodes 64 tokens, once untimed, then the median of DECODE_REPEATS timed runs; the test sets' time is that step time times their decoding
 steps: ceil(items / 64) batches of 256 steps for the six math sets, of 32 for the five commonsense ones
 (LLM-Adapters' lengths), with their sizes in EVAL_ITEMS. An upper bound: a trained model stops at eot.
 """
@@ -69,6 +70,7 @@ EVAL_ITEMS = {"math": ({"MultiArith": 600, "gsm8k": 1319, "AddSub": 395, "AQuA":
               "commonsense": ({"boolq": 3270, "piqa": 1838, "ARC-Easy": 2376, "ARC-Challenge": 1172,
                                "openbookqa": 500}, 32)}
 EVAL_BATCH, EVAL_PROMPT, EVAL_STEPS = 64, 128, 64  # the timed decoding (--quick: 4, 16, 4)
+DECODE_REPEATS = 3  # timed decodings after one untimed (--quick: one, timed)
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
@@ -206,14 +208,17 @@ def time_decoding(gpt, vocab_size, cuda, quick):
     batch, length, steps = (4, 16, 4) if quick else (EVAL_BATCH, EVAL_PROMPT, EVAL_STEPS)
     gpt.eval()
     prompts = torch.randint(0, vocab_size, (batch, length)).tolist()
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    gpt.generate_batch(prompts, steps)  # no stop token: every step runs
-    if cuda:
-        torch.cuda.synchronize()
+    times = []
+    for _ in range(1 if quick else DECODE_REPEATS + 1):  # the first run (one-off costs) is not counted
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        gpt.generate_batch(prompts, steps)  # no stop token: every step runs
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
     gpt.train()
-    return (time.perf_counter() - t0) / steps
+    return statistics.median(times[-DECODE_REPEATS:]) / steps
 
 
 def eval_steps():

@@ -9,7 +9,7 @@
 # autotest (impl="auto"'s choice), llmadapters (LLM-Adapters' files -> prepare -> train -> evaluate at gpt2-xl's
 # shape), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
 # section with the kernel's column splits off, to compare), newlength (dev/new_length_cost.py: where a new padded
-# length's one-off cost comes from). logs.tgz is rewritten after every step, so a call
+# length's one-off cost comes from), nanprobe (the compiled-loss GPU tests and dev/compiled_nan_probe.py). logs.tgz is rewritten after every step, so a call
 # cut off at its time limit still brings back the logs of the steps it finished.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -50,6 +50,8 @@ for step in "$@"; do
     timing) run timing 120 python3 -m dev.check_and_time --time_only=1 ;;
     sizes) run sizes 500 python3 -m dev.gpt2_sizes --json="$OUT/gpt2_sizes.json" ;;
     newlength) run newlength 150 python3 -m dev.new_length_cost ;;
+    nanprobe) run compiledtests 200 python3 -m pytest -q -rs tests/test_gpu.py -k compiled
+              run nanprobe 400 python3 -m dev.compiled_nan_probe ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -441,13 +441,26 @@ def _rank_space(xs, As, Bs, keep):
     """Per layer, h = A_e x for the kept tokens, and G = B_cat^T B_cat with B_cat = [B_1 ... B_E] (d_out, E*r)
     as in moelora_ref, stacked over layers: (L, S, E, r) and (L, E*r, E*r). In float32 (float64 for
     float64 inputs, as in the tests), under autocast too: the products are small, and in bfloat16 they
-    would lose the cosines' precision."""
+    would lose the cosines' precision. Layers of one shape (a GPT's c_attn layers, its mlp.c_proj layers,
+    ...) share one batched matmul for h and one for G: a handful of ops per shape, not per layer."""
     up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731
     E, r, _ = As[0].shape
+    by_shape = {}  # (A's shape, B's shape) -> the indices of its layers
+    for i, (A, B) in enumerate(zip(As, Bs)):
+        by_shape.setdefault((A.shape, B.shape), []).append(i)
+    hs, Gs = [], []
     with torch.autocast(keep.device.type, enabled=False):
-        h = torch.stack([up(x[k]) @ up(A).reshape(E * r, -1).T for x, A, k in zip(xs, As, keep)])  # (L, S, E*r)
-        B_cat = [up(B).permute(1, 0, 2).reshape(-1, E * r) for B in Bs]  # each (d_out, E*r)
-        G = torch.stack([b.T @ b for b in B_cat])  # (L, E*r, E*r)
+        for ids in by_shape.values():
+            x = up(torch.stack([xs[i][keep[i]] for i in ids]))  # (l, S, d_in) the kept tokens
+            A = up(torch.stack([As[i] for i in ids])).reshape(len(ids), E * r, -1)  # (l, E*r, d_in)
+            B_cat = up(torch.stack([Bs[i] for i in ids])).permute(0, 2, 1, 3).flatten(2)  # (l, d_out, E*r)
+            hs.append(x @ A.mT)  # (l, S, E*r)
+            Gs.append(B_cat.mT @ B_cat)  # (l, E*r, E*r)
+    order = [i for ids in by_shape.values() for i in ids]
+    h, G = torch.cat(hs), torch.cat(Gs)  # layers grouped by shape; back to the callers' order:
+    if order != sorted(order):
+        back = torch.tensor(order, device=keep.device).argsort()
+        h, G = h[back], G[back]
     return h.view(*h.shape[:2], E, r), G
 
 

@@ -119,6 +119,26 @@ def test_contrastive_rank_space_equals_reference(variant, E, k, r, N):
 
 
 @pytest.mark.parametrize("variant", LOSSES)
+def test_layers_of_mixed_shapes_at_once_equal_each_alone(variant, monkeypatch):
+    """contrastive_losses over layers of different d_in / d_out, interleaved (batched by shape inside),
+    gives each layer the loss and gradients it gets alone on the same kept tokens."""
+    shapes = [(6, 5), (4, 9), (6, 5), (3, 3), (4, 9)]
+    cases = [random_case(30, 4, 2, 2, d_in=d_in, d_out=d_out, seed=i) for i, (d_in, d_out) in enumerate(shapes)]
+    keep = torch.stack([torch.randperm(30, generator=torch.Generator().manual_seed(i))[:16] for i in range(5)])
+    rows = iter([keep])
+    monkeypatch.setattr(moelora, "_subsample", lambda *args: next(rows))
+    xs, As, Bs, chosens = zip(*cases)
+    together = moelora.contrastive_losses(variant, xs, As, Bs, chosens, 0.3, 16, 2)
+    grads = torch.autograd.grad(together.sum(), [t for case in cases for t in case[:3]])
+    for i, (x, A, B, chosen) in enumerate(cases):
+        rows = iter([keep[i:i + 1]])
+        alone = moelora.contrastive_losses(variant, [x], [A], [B], [chosen], 0.3, 16, 2)
+        torch.testing.assert_close(together[i], alone[0], rtol=1e-12, atol=1e-12)
+        for got, want in zip(grads[3 * i:3 * i + 3], torch.autograd.grad(alone[0], (x, A, B))):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", LOSSES)
 @pytest.mark.parametrize("zero", ["all", "some"])
 def test_contrastive_equals_reference_with_zero_experts(variant, zero):
     # at init B = 0 and every output is 0; below, the norm clamp at eps makes z = o / eps, and a zero

@@ -312,7 +312,7 @@ def bench_e2e(name, cfg, batch, quick, mode="eager"):
                     autocast=autocast, accum=1)
     # compiled: the model and its auxiliary losses (train.TrainingLoss) together, so that the many small ops
     # of routing and the losses fuse into few kernels
-    step_loss = train.TrainingLoss(model, cfg)
+    step_loss = train.TrainingLoss(model, cfg, autocast)
     step_loss = torch.compile(step_loss) if mode.startswith("compile") else step_loss
     opt = model.configure_optimizers(0.0, 1e-4, (0.9, 0.99), "cuda")
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -420,7 +420,7 @@ def bench_train(quick, work, device="cuda"):
     for name, (size, overrides) in TRAIN_RUNS.items():
         try:
             rows.append(train_run(name, size, overrides, iters, log_every, work, common))
-        except (FloatingPointError, RuntimeError) as e:
+        except (FloatingPointError, RuntimeError, cli.ConfigError) as e:  # a refused setting too
             print(f"  {name}: failed: {type(e).__name__}: {e}")
             rows.append({"run": name, "model": size, "tokens_per_s": float("nan"), "spread": [float("nan")] * 2,
                          "error": f"{type(e).__name__}: {e}"})

@@ -456,11 +456,12 @@ def _rank_space(xs, As, Bs, keep):
             B_cat = up(torch.stack([Bs[i] for i in ids])).permute(0, 2, 1, 3).flatten(2)  # (l, d_out, E*r)
             hs.append(x @ A.mT)  # (l, S, E*r)
             Gs.append(B_cat.mT @ B_cat)  # (l, E*r, E*r)
-    order = [i for ids in by_shape.values() for i in ids]
-    h, G = torch.cat(hs), torch.cat(Gs)  # layers grouped by shape; back to the callers' order:
-    if order != sorted(order):
-        back = torch.tensor(order, device=keep.device).argsort()
-        h, G = h[back], G[back]
+    # back to the callers' layer order: one stack of views (no index tensor, which a CUDA graph could not copy)
+    h_of, G_of = {}, {}
+    for ids, h, G in zip(by_shape.values(), hs, Gs):
+        h_of.update(zip(ids, h.unbind()))
+        G_of.update(zip(ids, G.unbind()))
+    h, G = torch.stack([h_of[i] for i in range(len(xs))]), torch.stack([G_of[i] for i in range(len(xs))])
     return h.view(*h.shape[:2], E, r), G
 
 
@@ -474,8 +475,12 @@ def _cosines(u, G, eps=1e-6):
     """
     G = G.view(G.shape[0], *[1] * (u.dim() - 3), *G.shape[1:])  # broadcast over u's middle dimensions
     with torch.autocast(u.device.type, enabled=False):
-        dots = u @ G @ u.mT  # (L, ..., n, n)
-    norm = dots.diagonal(dim1=-2, dim2=-1).clamp(min=eps * eps).sqrt()  # (L, ..., n) max(||o||, eps)
+        uG = u @ G  # (L, ..., n, E*r)
+        dots = uG @ u.mT  # (L, ..., n, n)
+    # the squared norms as sums of uG * u, the same numbers as dots' diagonal. With the diagonal, inductor on
+    # the GPU (torch 2.11) gave the "expert" loss gradients 1e6-1e13 times too large; the clamp's 1 / eps^2 is
+    # the one factor that size, which points at the norms (not yet confirmed on the GPU: dev/NOTES.md)
+    norm = (uG * u).sum(-1).clamp(min=eps * eps).sqrt()  # (L, ..., n) max(||o||, eps)
     return dots / (norm[..., :, None] * norm[..., None, :])  # (L, ..., n, n)
 
 

@@ -9,7 +9,7 @@
 # autotest (impl="auto"'s choice), llmadapters (LLM-Adapters' files -> prepare -> train -> evaluate at gpt2-xl's
 # shape), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
 # section with the kernel's column splits off, to compare), newlength (dev/new_length_cost.py: where a new padded
-# length's one-off cost comes from), nanprobe (the compiled-loss GPU tests and dev/compiled_nan_probe.py). logs.tgz is rewritten after every step, so a call
+# length's one-off cost comes from), nanprobe (dev/compiled_nan_probe.py). logs.tgz is rewritten after every step, so a call
 # cut off at its time limit still brings back the logs of the steps it finished.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -34,7 +34,7 @@ for step in "$@"; do
              MOELORA_POISON=1 MOELORA_BM=$bm run check$bm 120 python3 -m dev.check_and_time --check_only=1
            done ;;
     gputests) run gputests 400 python3 -m pytest -q -rs tests/test_kernel.py tests/test_gpu.py tests/test_op.py \
-                tests/test_losses.py tests/test_adapters.py tests/test_model.py tests/test_export.py ;;
+                tests/test_losses.py tests/test_adapters.py tests/test_model.py tests/test_export.py tests/test_hf_tokenizer.py ;;
     tests) run tests 600 python3 -m pytest -q -rs tests ;;
     bench) run bench 480 python3 bench.py --sections=layer,whole,e2e,train --json="$OUT/bench.json" ;;
     layer) run layer 240 python3 bench.py --sections=layer,whole --json="$OUT/bench_layer.json" ;;
@@ -50,8 +50,7 @@ for step in "$@"; do
     timing) run timing 120 python3 -m dev.check_and_time --time_only=1 ;;
     sizes) run sizes 500 python3 -m dev.gpt2_sizes --json="$OUT/gpt2_sizes.json" ;;
     newlength) run newlength 150 python3 -m dev.new_length_cost ;;
-    nanprobe) run compiledtests 200 python3 -m pytest -q -rs tests/test_gpu.py -k compiled
-              run nanprobe 400 python3 -m dev.compiled_nan_probe ;;
+    nanprobe) run nanprobe 400 python3 -m dev.compiled_nan_probe ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -140,7 +140,7 @@ def measure(size, shape, kind, data_dirs, cfg, device, vocab_size):
     run = train.setup_run(tcfg)
     optimizer = gpt.configure_optimizers(0.0, 3e-4, (0.9, 0.99), run.device_type)
     cuda = run.device_type == "cuda"
-    step_loss = train.TrainingLoss(gpt, adapter)
+    step_loss = train.TrainingLoss(gpt, adapter, run.autocast)
 
     def step(data, i):
         if cuda:

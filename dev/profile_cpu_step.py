@@ -49,7 +49,7 @@ def build(cfg, overrides):
 def run_steps(tcfg, model, optimizer, data, run):
     """ms per step over STEPS steps, as train.py takes them; and the tokens of those steps."""
     t0, tokens = time.perf_counter(), 0
-    step_loss = train.TrainingLoss(model, tcfg.adapter)
+    step_loss = train.TrainingLoss(model, tcfg.adapter, run.autocast)
     for step in range(STEPS):
         batches, n = train.step_batches(data, step, tcfg, run)
         train.eager_step(step_loss, model, optimizer, batches, tcfg.lr, tcfg, run)  # clipping and the update too

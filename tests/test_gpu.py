@@ -68,7 +68,7 @@ def test_cuda_graph_step_equals_the_eager_step(impl):
         opt = m.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cuda")
         run = train.Run(False, 0, 1, "cuda", "cuda", "bfloat16",
                         torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False), 1)
-        step_loss = train.TrainingLoss(m, cfg)
+        step_loss = train.TrainingLoss(m, cfg, run.autocast)
         step = train.GraphedStep(step_loss, m, opt, tcfg, run) if graphed else None
         losses = []
         for i, batch in enumerate(batches):
@@ -82,6 +82,40 @@ def test_cuda_graph_step_equals_the_eager_step(impl):
     torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-6)
     for a, b in zip(replayed_w, eager_w):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["expert", "comoe"])
+@pytest.mark.parametrize("scale", [1e-1, 5e-5])  # B trained a while, and B one AdamW step from its zero init
+def test_contrastive_losses_under_inductor_as_accurate_as_eager(variant, scale):
+    """The contrastive losses of layers of mixed shapes compiled by inductor on the GPU, with bf16 autocast inside
+    the compiled function as train.TrainingLoss has it: against float64, loss and gradients no further off than
+    eager's in the same autocast (twice its error plus a rounding floor, the kernel's rule). Every token kept
+    (256 of 256): inductor draws its own random numbers, so a subsample would differ."""
+    shapes = [(64, 192), (64, 64), (64, 256), (256, 64), (64, 192)]
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(256, d_in, generator=g).bfloat16() for d_in, _ in shapes]
+    As = [torch.randn(8, 2, d_in, generator=g) / d_in ** 0.5 for d_in, _ in shapes]
+    Bs = [torch.randn(8, d_out, 2, generator=g) * scale for _, d_out in shapes]
+    chosens = [torch.zeros(256, 8, dtype=torch.bool).scatter_(1, torch.randn(256, 8, generator=g).topk(2, -1).indices,
+                                                              True).cuda() for _ in shapes]
+
+    def under_autocast(*args, enabled=True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled):
+            return moelora.contrastive_losses(*args).mean()
+
+    def loss_and_grads(fn, dtype=None):
+        inputs = [[t.cuda().to(dtype or t.dtype).requires_grad_() for t in ts] for ts in (xs, As, Bs)]
+        loss = fn(variant, *inputs, chosens, 0.07, 256, 2, enabled=dtype is None)
+        return [loss, *torch.autograd.grad(loss, [t for ts in inputs for t in ts])]
+
+    exact = loss_and_grads(under_autocast, torch.float64)
+    errors = {}
+    for name, fn in [("eager", under_autocast), ("compiled", torch.compile(under_autocast, fullgraph=True))]:
+        got = loss_and_grads(fn)
+        errors[name] = [((a.double() - e).norm() / e.norm()).item() for a, e in zip(got, exact)]
+    names = ["loss"] + [f"d{t}{i}" for t in "xAB" for i in range(len(shapes))]
+    for name, ours, theirs in zip(names, errors["compiled"], errors["eager"]):
+        assert ours <= 2 * theirs + 1e-3, f"{name}: relative error compiled {ours:.2e}, eager {theirs:.2e}"
 
 
 @pytest.mark.parametrize("contrastive", ["expert", "none"])
@@ -102,7 +136,7 @@ def test_compiled_training_loss_equals_eager_from_init(contrastive):
         m = moelora.mark_only_adapters_trainable(moelora.inject(model.GPT(CFG), cfg)).cuda().train()
         opt = m.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cuda")
         run = train.Run(False, 0, 1, "cuda", "cuda", "bfloat16", torch.autocast("cuda", dtype=torch.bfloat16), 1)
-        step_loss = train.TrainingLoss(m, cfg)
+        step_loss = train.TrainingLoss(m, cfg, run.autocast)
         step_loss = torch.compile(step_loss) if compiled else step_loss
         results.append(torch.stack([train.eager_step(step_loss, m, opt, [b], 1e-2, tcfg, run) for b in batches]))
     eager, compiled = results

@@ -448,20 +448,15 @@ def _rank_space(xs, As, Bs, keep):
     by_shape = {}  # (A's shape, B's shape) -> the indices of its layers
     for i, (A, B) in enumerate(zip(As, Bs)):
         by_shape.setdefault((A.shape, B.shape), []).append(i)
-    hs, Gs = [], []
+    per_layer = {}  # layer index -> its (h, G), views into its shape's batched products
     with torch.autocast(keep.device.type, enabled=False):
         for ids in by_shape.values():
             x = up(torch.stack([xs[i][keep[i]] for i in ids]))  # (l, S, d_in) the kept tokens
             A = up(torch.stack([As[i] for i in ids])).reshape(len(ids), E * r, -1)  # (l, E*r, d_in)
             B_cat = up(torch.stack([Bs[i] for i in ids])).permute(0, 2, 1, 3).flatten(2)  # (l, d_out, E*r)
-            hs.append(x @ A.mT)  # (l, S, E*r)
-            Gs.append(B_cat.mT @ B_cat)  # (l, E*r, E*r)
+            per_layer.update(zip(ids, zip((x @ A.mT).unbind(), (B_cat.mT @ B_cat).unbind())))
     # back to the callers' layer order: one stack of views (no index tensor, which a CUDA graph could not copy)
-    h_of, G_of = {}, {}
-    for ids, h, G in zip(by_shape.values(), hs, Gs):
-        h_of.update(zip(ids, h.unbind()))
-        G_of.update(zip(ids, G.unbind()))
-    h, G = torch.stack([h_of[i] for i in range(len(xs))]), torch.stack([G_of[i] for i in range(len(xs))])
+    h, G = (torch.stack(t) for t in zip(*(per_layer[i] for i in range(len(xs)))))  # (L, S, E*r), (L, E*r, E*r)
     return h.view(*h.shape[:2], E, r), G
 
 

@@ -290,11 +290,11 @@ class TrainingLoss(nn.Module):
     """What a training step differentiates: the model's language-model loss plus the adapters' auxiliary
     losses (moelora.collect_aux, auxiliary_loss), in one forward. One module so that --compile traces all
     of it: the router's balance and contrastive losses are many small ops, which torch.compile fuses only
-    when they are inside the compiled region. autocast (run.autocast: bf16 or none) covers the model alone;
-    the auxiliary losses compute in float32 outside it, because under torch.compile an autocast around them
-    reached their backward too: its matmuls ran in bf16, 1-2% off, and the contrastive loss's gradient one
-    step from B = 0 blew up to a NaN (dev/NOTES.md). Returns (loss, the detached float (lm, balance,
-    contrastive) to log; a term the model lacks is 0)."""
+    when they are inside the compiled region. The module enters autocast (run.autocast: bf16 or none) itself,
+    around the model alone (the auxiliary losses compute in float32): entered outside a compiled function, an
+    autocast reached its compiled backward, whose float32 matmuls then ran in bf16, gradients 1-2% off
+    (dev/NOTES.md, the compiled NaN). Returns (loss, the detached float (lm, balance, contrastive) to log; a
+    term the model lacks is 0)."""
 
     def __init__(self, model, adapter_cfg, autocast=None):
         super().__init__()

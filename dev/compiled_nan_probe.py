@@ -17,7 +17,7 @@ import train
 from model import GPT, GPTConfig
 
 
-def probe(n_layer, contrastive, compiled, steps=3, **adapter):
+def probe(n_layer, contrastive, steps=3, **adapter):
     cfg = moelora.AdapterConfig(kind="moelora", r=2, alpha=4.0, n_experts=8, top_k=2, contrastive=contrastive,
                                 targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"), **adapter)
     torch.manual_seed(0)
@@ -26,8 +26,7 @@ def probe(n_layer, contrastive, compiled, steps=3, **adapter):
     tcfg = train.TrainConfig(init_from="probe", adapter=cfg)
     run = train.Run(False, 0, 1, "cuda", "cuda", "bfloat16", torch.autocast("cuda", dtype=torch.bfloat16), 1)
     opt = gpt.configure_optimizers(0.0, 1e-3, (0.9, 0.99), "cuda")
-    step_loss = train.TrainingLoss(gpt, cfg, run.autocast)
-    step_loss = torch.compile(step_loss) if compiled else step_loss
+    step_loss = torch.compile(train.TrainingLoss(gpt, cfg, run.autocast))
     for i in range(steps):
         idx = torch.randint(0, 50257, (64, 193), device="cuda")
         mask = torch.ones(64, 192, device="cuda")
@@ -37,7 +36,7 @@ def probe(n_layer, contrastive, compiled, steps=3, **adapter):
         values = train.train_step(step_loss, gpt, opt, [(idx[:, :-1], idx[:, 1:], mask)], tcfg, run)
         bad = [n for n, p in gpt.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         nonfinite_w = [n for n, p in gpt.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-        print(f"  layers {n_layer} contrastive {contrastive} compiled {compiled} {adapter} step {i}: "
+        print(f"  layers {n_layer} contrastive {contrastive} {adapter} step {i}: "
               f"{[round(v, 4) for v in values.tolist()]}; non-finite grads {len(bad)} {bad[:4]}; "
               f"non-finite weights {len(nonfinite_w)}", flush=True)
         opt.zero_grad(set_to_none=True)
@@ -71,7 +70,7 @@ if __name__ == "__main__":
     for n_layer, contrastive, adapter in [(2, "expert", {}), (12, "expert", {}), (12, "none", {}),
                                           (12, "expert", {"dropout": 0.0})]:
         try:
-            if probe(n_layer, contrastive, True, **adapter) and n_layer == 12:
+            if probe(n_layer, contrastive, **adapter) and n_layer == 12:
                 break
         except Exception as e:  # noqa: BLE001 — a probe: report and go on
             print(f"  layers {n_layer} {contrastive}: {type(e).__name__}: {e}", file=sys.stderr)

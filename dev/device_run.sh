@@ -9,8 +9,8 @@
 # autotest (impl="auto"'s choice), llmadapters (LLM-Adapters' files -> prepare -> train -> evaluate at gpt2-xl's
 # shape), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
 # section with the kernel's column splits off, to compare), newlength (dev/new_length_cost.py: where a new padded
-# length's one-off cost comes from), nanprobe (dev/compiled_nan_probe.py). logs.tgz is rewritten after every step, so a call
-# cut off at its time limit still brings back the logs of the steps it finished.
+# length's one-off cost comes from), nanprobe (dev/compiled_nan_probe.py). logs.tgz is rewritten after every
+# step, so a call cut off at its time limit still brings back the logs of the steps it finished.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."

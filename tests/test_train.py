@@ -128,8 +128,8 @@ def test_padded_batches_are_the_same_examples(data_dir):
 def test_training_loss_compiles_whole_and_equals_eager(kind, autocast):
     """--compile compiles train.TrainingLoss: the model with its auxiliary losses in one graph (fullgraph fails
     on a graph break: the layers' kept routing, collect_aux's walk over the modules, the contrastive subsample).
-    Same seed, same loss, logged terms and adapter gradients as eager, also under bf16 autocast (where an
-    autocast around the auxiliary losses reached their compiled backward: 1-2% off, NaN on the GPU)."""
+    Same seed, same loss, logged terms and adapter gradients as eager, also under bf16 autocast, through
+    train_step (an autocast entered outside the compiled loss reached its backward: gradients 1-2% off)."""
     from model import GPT, GPTConfig
     cfg = moelora.AdapterConfig(kind=kind, r=2, dropout=0.0, n_experts=4, top_k=2, contrastive_tokens=24,
                                 targets=("attn.c_attn", "mlp.c_fc"))

@@ -466,17 +466,16 @@ def _cosines(u, G, eps=1e-6):
 
     Each norm is clamped below at eps, as F.normalize(o, eps=eps) has it. At init B = 0, so every o = 0:
     the clamp sits before the square root, which keeps the gradient 0 there, as F.normalize's is, rather
-    than 0 * inf = NaN.
+    than 0 * inf = NaN. Each side is divided by its norm before the product (u G / |o| times u' / |o'|), not the
+    product by both norms after: the same numbers, but on the GPU inductor turned the latter into NaN and inf
+    when some outputs are exactly zero (an expert with B = 0 still), and the norms from the product's diagonal
+    into gradients 1e13 too large (dev/NOTES.md, the compiled NaN).
     """
     G = G.view(G.shape[0], *[1] * (u.dim() - 3), *G.shape[1:])  # broadcast over u's middle dimensions
     with torch.autocast(u.device.type, enabled=False):
         uG = u @ G  # (L, ..., n, E*r)
-        dots = uG @ u.mT  # (L, ..., n, n)
-    # the squared norms as sums of uG * u, the same numbers as dots' diagonal. With the diagonal, inductor on
-    # the GPU (torch 2.11) gave the "expert" loss gradients 1e6-1e13 times too large; the clamp's 1 / eps^2 is
-    # the one factor that size, which points at the norms (not yet confirmed on the GPU: dev/NOTES.md)
-    norm = (uG * u).sum(-1).clamp(min=eps * eps).sqrt()  # (L, ..., n) max(||o||, eps)
-    return dots / (norm[..., :, None] * norm[..., None, :])  # (L, ..., n, n)
+        norm = (uG * u).sum(-1, keepdim=True).clamp(min=eps * eps).sqrt()  # (L, ..., n, 1) max(||o||, eps)
+        return (uG / norm) @ (u / norm).mT  # (L, ..., n, n)
 
 
 def _expert_infonce(h, G, chosen, tau, top_k):

@@ -9,7 +9,8 @@
 # autotest (impl="auto"'s choice), llmadapters (LLM-Adapters' files -> prepare -> train -> evaluate at gpt2-xl's
 # shape), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
 # section with the kernel's column splits off, to compare), newlength (dev/new_length_cost.py: where a new padded
-# length's one-off cost comes from), nanprobe (dev/compiled_nan_probe.py). logs.tgz is rewritten after every
+# length's one-off cost comes from), nanprobe (dev/compiled_nan_probe.py),
+# inductorprobe (dev/inductor_expert_probe.py). logs.tgz is rewritten after every
 # step, so a call cut off at its time limit still brings back the logs of the steps it finished.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -51,6 +52,9 @@ for step in "$@"; do
     sizes) run sizes 500 python3 -m dev.gpt2_sizes --json="$OUT/gpt2_sizes.json" ;;
     newlength) run newlength 150 python3 -m dev.new_length_cost ;;
     nanprobe) run nanprobe 400 python3 -m dev.compiled_nan_probe ;;
+    inductorprobe) run inductorprobe 300 python3 -m dev.inductor_expert_probe
+                   # which of inductor's generated kernels are mix-order reductions
+                   grep -rl "MixOrderReductionGrid" /tmp/torchinductor_* 2>/dev/null | head -20 | tee "$OUT/logs/mixorder.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -114,8 +114,9 @@ def test_contrastive_losses_under_inductor_as_accurate_as_eager(variant, scale):
         got = loss_and_grads(fn)
         errors[name] = [((a.double() - e).norm() / e.norm()).item() for a, e in zip(got, exact)]
     names = ["loss"] + [f"d{t}{i}" for t in "xAB" for i in range(len(shapes))]
-    for name, ours, theirs in zip(names, errors["compiled"], errors["eager"]):
-        assert ours <= 2 * theirs + 1e-3, f"{name}: relative error compiled {ours:.2e}, eager {theirs:.2e}"
+    worse = [f"{name}: relative error compiled {ours:.2e}, eager {theirs:.2e}"
+             for name, ours, theirs in zip(names, errors["compiled"], errors["eager"]) if not ours <= 2 * theirs + 1e-3]
+    assert not worse, "; ".join(worse)
 
 
 @pytest.mark.parametrize("contrastive", ["expert", "none"])

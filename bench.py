@@ -5,6 +5,7 @@ Benchmarks: what MoELoRA costs against LoRA, one adapted layer at a time, in GPT
     python bench.py --quick=1                        # smoke run: small shapes, few repeats, a 2-layer model
     python bench.py --sections=layer,whole --json=out/bench.json
     python bench.py --sections=compiled              # the end-to-end section under torch.compile (slow to compile)
+    python bench.py --sections=train --train_runs=compile   # only the train.py runs whose name contains "compile"
 
 Sections (--sections, comma-separated; default layer,whole,e2e,compiled,train):
   layer     the op: one frozen nn.Linear plus its adapter (bf16, E=8 experts of rank r=8, top-2 routing,
@@ -65,6 +66,7 @@ class BenchConfig:
     json: str = ""  # also write every figure to this file
     batches: tuple = (8, 32)  # the end-to-end sections' batch sizes (x 1024 tokens)
     configs: tuple = ()  # the end-to-end sections' configs by name (default: each section's own list)
+    train_runs: str = ""  # the train section: only the runs whose name contains this text (default: all)
 
 E, R_EXPERT, TOP_K, R_LORA = 8, 8, 2, 64  # the layer section's adapters: 8 x rank 8 against rank 64
 SCALING = 2.0
@@ -411,13 +413,16 @@ def train_run(name, size, overrides, iters, log_every, work, common):
     return {"run": name, "model": size, "tokens_per_s": statistics.median(speeds), "spread": [min(speeds), max(speeds)]}
 
 
-def bench_train(quick, work, device="cuda"):
-    """tokens/s of train.py fine-tuning each TRAIN_RUNS entry on the bundled tasks (bf16). A run that fails
-    (a non-finite loss, say) is reported with its error and the section goes on: its targets read as missed."""
+def bench_train(quick, work, device="cuda", only=""):
+    """tokens/s of train.py fine-tuning each TRAIN_RUNS entry (those whose name contains only) on the bundled
+    tasks (bf16). A run that fails (a non-finite loss, say) is reported with its error and the section goes on:
+    its targets read as missed."""
     common = train_setup(quick, work, device)
     iters, log_every = (20, 5) if quick else (60, 10)
     rows = []
     for name, (size, overrides) in TRAIN_RUNS.items():
+        if only not in name:
+            continue
         try:
             rows.append(train_run(name, size, overrides, iters, log_every, work, common))
         except (FloatingPointError, RuntimeError, cli.ConfigError) as e:  # a refused setting too
@@ -434,7 +439,7 @@ def train_targets(rows):
     pairs += [(f"{a}, cuda_graph", f"{b}, cuda_graph", need) for a, b, need in pairs]
     pairs.append(("gpt2, MoELoRA 8 x r2, cuda_graph, compile", "gpt2, LoRA r16, cuda_graph, compile", 0.90))
     return [(f"train.py tokens/s {a} / {b} >= {need:.2f}", tps[a] / tps[b], tps[a] / tps[b] >= need)
-            for a, b, need in pairs]  # a failed run's NaN ratio is never >= need: missed
+            for a, b, need in pairs if a in tps and b in tps]  # a failed run's NaN ratio is never >= need: missed
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -444,6 +449,8 @@ def main(argv=None):
     unknown = set(cfg.sections) - {"layer", "whole", "e2e", "compiled", "train"}
     if unknown:
         raise cli.ConfigError(f"unknown sections {sorted(unknown)}; known: layer, whole, e2e, compiled, train")
+    if not any(cfg.train_runs in name for name in TRAIN_RUNS):
+        raise cli.ConfigError(f"no train.py run's name contains {cfg.train_runs!r}; the runs: {', '.join(TRAIN_RUNS)}")
     if not torch.cuda.is_available():
         raise SystemExit("bench.py needs a CUDA GPU")
     quick = cfg.quick
@@ -488,7 +495,7 @@ def main(argv=None):
     if "train" in cfg.sections:
         print("\n== train.py fine-tuning on the bundled tasks ==")
         with tempfile.TemporaryDirectory() as work:
-            results["train"] = bench_train(quick, work)
+            results["train"] = bench_train(quick, work, only=cfg.train_runs)
         for r in results["train"]:
             print(f"  {r['run']:36s} " + (f"failed ({r['error']})" if "error" in r else
                   f"{r['tokens_per_s']:10.0f} tok/s  (intervals {r['spread'][0]:,.0f}-{r['spread'][1]:,.0f})"))

@@ -482,12 +482,6 @@ def setup_run(cfg):
     if cfg.cuda_graph and (device_type != "cuda" or ddp or cfg.grad_accum > 1):
         raise cli.ConfigError(f"cuda_graph=True captures one process's single micro-batch step on a GPU; here "
                               f"device={device}, {world} process(es), grad_accum={cfg.grad_accum}")
-    if (cfg.compile and device_type == "cuda" and cfg.uses_adapters and cfg.adapter.kind == "moelora"
-            and cfg.adapter.contrastive == "expert"):
-        # tests/test_gpu.py's compiled-loss tests say when this is lifted (dev/NOTES.md: the compiled NaN)
-        raise cli.ConfigError("compile=True with MoELoRA's contrastive='expert' on CUDA gave non-finite gradients "
-                              "(torch 2.11; a fix passed a probe, not yet the GPU tests): use compile=False "
-                              "(cuda_graph=True is fine), or adapter.contrastive=comoe or none")
     if cfg.grad_accum % world:
         raise cli.ConfigError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the number of processes ({world})")
     # autocast's cache of cast weights would keep tensors from outside a CUDA graph's capture: off with one

@@ -5,7 +5,8 @@
 #   bash dev/device_run.sh STEP...
 # Steps: check (NaN-poisoned kernel check, both tile configurations), gputests (the GPU-specific test files),
 # tests (the whole suite), graphtests (tests/test_gpu.py alone), bench (bench.py's layer, whole, e2e and train
-# sections) or one at a time: layer (layer and whole), e2e, train, compiled (the torch.compile section, batch 8);
+# sections) or one at a time: layer (layer and whole), e2e, train, traincompile (the train section's --compile runs
+# alone), compiled (the torch.compile section, batch 8);
 # autotest (impl="auto"'s choice), llmadapters (LLM-Adapters' files -> prepare -> train -> evaluate at gpt2-xl's
 # shape), profile (dev/profile_e2e.py), timing (per-kernel timing), sizes (dev/gpt2_sizes.py), nosplit (bench layer
 # section with the kernel's column splits off, to compare), newlength (dev/new_length_cost.py: where a new padded
@@ -41,6 +42,8 @@ for step in "$@"; do
     layer) run layer 240 python3 bench.py --sections=layer,whole --json="$OUT/bench_layer.json" ;;
     e2e) run e2e 240 python3 bench.py --sections=e2e --json="$OUT/bench_e2e.json" ;;
     train) run train 450 python3 bench.py --sections=train --json="$OUT/bench_train.json" ;;
+    traincompile) run traincompile 450 python3 bench.py --sections=train --train_runs=compile \
+                    --json="$OUT/bench_traincompile.json" ;;
     compiled) run compiled 400 python3 bench.py --sections=compiled --batches=8 --json="$OUT/bench_compiled.json" ;;
     graphtests) run graphtests 200 python3 -m pytest -q -rs tests/test_gpu.py ;;
     autotest) run autotest 120 python3 -m pytest -q -rs tests/test_kernel.py -k auto ;;

@@ -95,22 +95,6 @@ def test_config_errors(data_dir, base_ckpt, tmp_path, argv, error, words):
     assert type(info.value).__name__ == error
 
 
-@pytest.mark.parametrize("contrastive,refused", [("expert", True), ("comoe", False), ("none", False)])
-def test_compile_with_the_expert_contrastive_loss_refused_on_cuda(monkeypatch, contrastive, refused):
-    """Until a GPU run shows the fix (tests/test_gpu.py's compiled-loss tests), --compile with contrastive="expert"
-    on CUDA is refused before any work: it trained into NaN gradients on the H200 (dev/NOTES.md)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # setup_run's checks only; nothing runs on it
-    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda enabled: None)
-    cfg = train.TrainConfig(init_from="base.pt", device="cuda", dtype="float32", compile=True,
-                            adapter=moelora.AdapterConfig(contrastive=contrastive))
-    if refused:
-        with pytest.raises(cli.ConfigError, match="compile=True with MoELoRA's contrastive='expert' on CUDA"):
-            train.setup_run(cfg)
-    else:
-        assert train.setup_run(cfg).device_type == "cuda"
-    assert train.setup_run(dataclasses.replace(cfg, compile=False)).device_type == "cuda"
-
-
 def test_padded_batches_are_the_same_examples(data_dir):
     """pad_to (cuda_graph's fixed shape) only adds padding: the same examples, masks and token count."""
     data = train.Data(data_dir, "finetune", seed=3)

@@ -354,15 +354,14 @@ def print_e2e(r):
 
 
 def e2e_targets(rows, names):
-    """MoELoRA with the kernel >= 0.90x LoRA r16's tokens/s, per batch and mode (and the other configs' ratios)."""
+    """Each MoELoRA config >= 0.90x LoRA r16's tokens/s, per batch and mode (the configs run beside LoRA r16)."""
     out = []
     for batch, mode in sorted({(r["batch"], r["mode"]) for r in rows}):
         tps = {r["config"]: r["tokens_per_s"] for r in rows if (r["batch"], r["mode"]) == (batch, mode)}
-        ratio = tps["MoELoRA kernel"] / tps["LoRA r16"]
-        others = ", ".join(f"{n}: {tps[n] / tps['LoRA r16']:.2f}" for n in names if n in tps and n not in
-                           ("LoRA r16", "MoELoRA kernel"))
-        out.append((f"batch {batch}, {mode}: tokens/s MoELoRA kernel / LoRA r16 >= 0.90" +
-                    (f" ({others})" if others else ""), ratio, ratio >= 0.90))
+        for name in names:
+            if name != "LoRA r16" and name in tps and "LoRA r16" in tps:
+                ratio = tps[name] / tps["LoRA r16"]
+                out.append((f"batch {batch}, {mode}: tokens/s {name} / LoRA r16 >= 0.90", ratio, ratio >= 0.90))
     return out
 
 
